@@ -1,0 +1,572 @@
+"""Hand-written neural-network layers: every forward has a backward derived by hand.
+
+No autograd.  Each layer is a pair of functions, forward and backward, with a thin object on top
+that owns the parameters:
+
+    y, cache = module.forward(x)          # cache: exactly what backward needs, nothing more
+    dx = module.backward(dy, cache)       # dy = dL/dy, dx = dL/dx; parameter grads ACCUMULATE
+
+The forward *returns* its cache instead of keeping it inside the object.  That is what lets one
+module be used several times before any backward: the VRNN applies the same GRU cell at every
+time step (backpropagation through time), the GMVAE runs one encoder on several inputs.  Each
+call gets its own cache, and each backward adds (+=) its contribution to ``Parameter.grad``, so
+the gradient of a reused module is the sum over its uses, as the chain rule says.  Call
+``zero_grad()`` before a new loss.
+
+Shapes: a batch is a 2-D array ``(N, D)``, one example per row.  A layer ``x -> x W + b`` stores
+``W`` as ``(n_in, n_out)``, so the code reads like the row-vector equations.
+
+Initialisation (from a seeded ``numpy.random.Generator``; an int seed is accepted too):
+
+* Glorot/Xavier uniform for ``identity``, ``tanh`` and ``sigmoid`` layers:
+  ``W ~ U(-a, a)``, ``a = sqrt(6 / (n_in + n_out))`` (Var W = 2 / (n_in + n_out)),
+* He uniform for ``relu``, ``elu`` and ``softplus`` layers:
+  ``W ~ U(-a, a)``, ``a = sqrt(6 / n_in)`` (Var W = 2 / n_in, He et al. 2015),
+* biases zero.
+
+Weights are drawn in float64 and then cast, so a float32 and a float64 module built from the same
+seed hold the same numbers up to rounding.
+
+Public API
+----------
+Parameter(value)                      .value, .grad
+Module                                parameters(), param_arrays(), grad_arrays(), zero_grad(),
+                                      astype(dtype), load_param_arrays(arrays)
+Linear(n_in, n_out, rng, dtype, activation, init)   fused y = act(x W + b) (kernels.linear_*)
+ReLU, Tanh, Sigmoid, Softplus, ELU, Identity        standalone activations, no parameters
+<act>_forward(x) -> y, <act>_backward(dy, y) -> dx  the functional pairs behind them
+MLP(sizes, activation, rng, dtype, out_activation)  a stack of fused Linear layers
+GRUCell(n_in, n_hidden, rng, dtype)                 one GRU step, h_new, cache = forward(x, h)
+gru_forward(params, x, h), gru_backward(params, grads, dh_new, cache)   the functional GRU
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import kernels
+from kernels.reference import ACTIVATIONS
+
+from .backend import check_dtype, rng as make_rng, xp_of
+from .checks import DataError, check_array
+
+__all__ = [
+    "Parameter", "Module", "Linear", "MLP", "GRUCell",
+    "Identity", "ReLU", "Tanh", "Sigmoid", "Softplus", "ELU",
+    "identity_forward", "identity_backward", "relu_forward", "relu_backward",
+    "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
+    "softplus_forward", "softplus_backward", "elu_forward", "elu_backward",
+    "ACTIVATION_FUNCTIONS", "GRU_PARAM_NAMES", "gru_forward", "gru_backward",
+    "glorot_uniform", "he_uniform", "default_init",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters and modules
+# ----------------------------------------------------------------------------------------------
+
+class Parameter:
+    """A trainable array and the gradient accumulated for it.
+
+    ``value``: the array (the optimiser updates it in place).  ``grad``: dL/dvalue, same shape and
+    dtype, zero-initialised; backward passes add to it, ``zero_grad`` resets it.
+    """
+
+    __slots__ = ("value", "grad")
+
+    def __init__(self, value):
+        check_array(value, "parameter value")
+        check_dtype(value.dtype)
+        self.value = value
+        self.grad = xp_of(value).zeros_like(value)
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    def __repr__(self):
+        return f"Parameter(shape={tuple(self.value.shape)}, dtype={self.value.dtype})"
+
+
+class Module:
+    """Base class: finds its Parameters and sub-Modules among its attributes.
+
+    Attributes that are a ``Parameter``, a ``Module``, or a list/tuple/dict of Modules are
+    collected in the order they were assigned, with dotted names for nested modules:
+    an MLP's first weight is ``"layers.0.W"``.  A Parameter shared by two sub-modules is listed
+    once, under the first name found.
+    """
+
+    def parameters(self) -> dict[str, Parameter]:
+        """name -> Parameter, dotted names for nested modules."""
+        out: dict[str, Parameter] = {}
+        seen: set[int] = set()
+        self._collect("", out, seen)
+        return out
+
+    def _collect(self, prefix, out, seen):
+        for attr, v in vars(self).items():
+            if isinstance(v, Parameter):
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    out[prefix + attr] = v
+            elif isinstance(v, Module):
+                v._collect(f"{prefix}{attr}.", out, seen)
+            elif isinstance(v, (list, tuple)) and v and all(isinstance(m, Module) for m in v):
+                for i, m in enumerate(v):
+                    m._collect(f"{prefix}{attr}.{i}.", out, seen)
+            elif isinstance(v, dict) and v and all(isinstance(m, Module) for m in v.values()):
+                for k, m in v.items():
+                    m._collect(f"{prefix}{attr}.{k}.", out, seen)
+
+    def param_arrays(self) -> dict[str, np.ndarray]:
+        """name -> the live ``.value`` array (update it in place to change the module).
+
+        Fetch it again after ``astype``, which replaces the arrays.
+        """
+        return {k: p.value for k, p in self.parameters().items()}
+
+    def grad_arrays(self) -> dict[str, np.ndarray]:
+        """name -> the live ``.grad`` array, the same keys as ``param_arrays``."""
+        return {k: p.grad for k, p in self.parameters().items()}
+
+    def zero_grad(self):
+        """Set every gradient to zero in place (arrays from ``grad_arrays`` stay valid)."""
+        for p in self.parameters().values():
+            p.grad[...] = 0
+        return self
+
+    def astype(self, dtype):
+        """Cast every parameter (value and grad) to float32 or float64, in place; returns self."""
+        dt = check_dtype(dtype)
+        for p in self.parameters().values():
+            p.value = p.value.astype(dt)
+            p.grad = p.grad.astype(dt)
+        return self
+
+    @property
+    def dtype(self):
+        """The dtype of the parameters (None for a module without any)."""
+        ps = list(self.parameters().values())
+        return ps[0].value.dtype if ps else None
+
+    def num_parameters(self) -> int:
+        """Total number of scalar parameters."""
+        return int(sum(p.value.size for p in self.parameters().values()))
+
+    def load_param_arrays(self, arrays):
+        """Copy values from a dict like ``param_arrays()`` into the parameters, in place.
+
+        Every name must be present with the same shape; the dtype is converted to the module's.
+        """
+        params = self.parameters()
+        missing = sorted(set(params) - set(arrays))
+        extra = sorted(set(arrays) - set(params))
+        if missing or extra:
+            raise DataError(f"parameter names do not match: missing {missing}, unexpected {extra}")
+        for k, p in params.items():
+            a = arrays[k]
+            if tuple(a.shape) != tuple(p.value.shape):
+                raise DataError(f"expected parameter {k!r} of shape {tuple(p.value.shape)}, "
+                                f"got {tuple(a.shape)}")
+            p.value[...] = a
+        return self
+
+
+def _check_input(x, name, n_features, dtype):
+    """x must be (N, n_features) of the parameters' dtype; a DataError names expected vs got."""
+    check_array(x, name, ndim=2, shape=(None, n_features))
+    if x.dtype != dtype:
+        raise DataError(f"expected {name} of dtype {dtype} (the dtype of the module's parameters), "
+                        f"got {x.dtype}; cast the input with .astype({dtype}) or the module with "
+                        f".astype({x.dtype})")
+    return x
+
+
+def _check_grad(dy, name, like):
+    """An upstream gradient must have exactly the shape and dtype of the output it belongs to."""
+    check_array(dy, name)
+    if tuple(dy.shape) != tuple(like.shape):
+        raise DataError(f"expected {name} of shape {tuple(like.shape)} (the forward output's), "
+                        f"got {tuple(dy.shape)}")
+    if dy.dtype != like.dtype:
+        raise DataError(f"expected {name} of dtype {like.dtype} (the forward output's), got {dy.dtype}")
+    return dy
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation
+# ----------------------------------------------------------------------------------------------
+
+def glorot_uniform(n_in, n_out, rng, dtype=np.float32):
+    """W ~ U(-a, a) with a = sqrt(6 / (n_in + n_out)), so Var W = 2 / (n_in + n_out). (n_in, n_out)"""
+    a = np.sqrt(6.0 / (n_in + n_out))
+    return make_rng(rng).uniform(-a, a, size=(n_in, n_out)).astype(check_dtype(dtype))
+
+
+def he_uniform(n_in, n_out, rng, dtype=np.float32):
+    """W ~ U(-a, a) with a = sqrt(6 / n_in), so Var W = 2 / n_in (He et al. 2015). (n_in, n_out)"""
+    a = np.sqrt(6.0 / n_in)
+    return make_rng(rng).uniform(-a, a, size=(n_in, n_out)).astype(check_dtype(dtype))
+
+
+_INITS = {"glorot": glorot_uniform, "he": he_uniform}
+
+
+def default_init(activation) -> str:
+    """'he' for relu, elu and softplus layers; 'glorot' for identity, tanh and sigmoid."""
+    return "he" if activation in ("relu", "elu", "softplus") else "glorot"
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations: functional pairs.  Backward is written in terms of the saved OUTPUT y = act(x),
+# so a layer keeps y (which the next layer needs anyway) and not its pre-activation.
+# ----------------------------------------------------------------------------------------------
+
+def identity_forward(x):
+    """y = x."""
+    return x
+
+
+def identity_backward(dy, y):
+    """dx = dy."""
+    return dy
+
+
+def relu_forward(x):
+    """y = max(x, 0)."""
+    return xp_of(x).maximum(x, 0)
+
+
+def relu_backward(dy, y):
+    """dx = dy * [x > 0] = dy * [y > 0]  (the subgradient 0 is taken at the kink x = 0)."""
+    return dy * (y > 0)
+
+
+def tanh_forward(x):
+    """y = tanh(x)."""
+    return xp_of(x).tanh(x)
+
+
+def tanh_backward(dy, y):
+    """dx = dy * (1 - tanh(x)^2) = dy * (1 - y^2)."""
+    return dy * (1 - y * y)
+
+
+def sigmoid_forward(x):
+    """y = sigma(x) = 1 / (1 + exp(-x)), computed with exp(-|x|) only, so it never overflows."""
+    xp = xp_of(x)
+    e = xp.exp(-xp.abs(x))                       # in (0, 1]
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid_backward(dy, y):
+    """dx = dy * sigma(x) (1 - sigma(x)) = dy * y (1 - y)."""
+    return dy * y * (1 - y)
+
+
+def softplus_forward(x):
+    """y = log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for every finite x."""
+    xp = xp_of(x)
+    return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def softplus_backward(dy, y):
+    """dx = dy * sigma(x), and sigma(x) = 1 - exp(-softplus(x)) = -expm1(-y)."""
+    return dy * -xp_of(y).expm1(-y)
+
+
+def elu_forward(x):
+    """y = x for x > 0, exp(x) - 1 for x <= 0 (alpha = 1)."""
+    xp = xp_of(x)
+    return xp.where(x > 0, x, xp.expm1(xp.minimum(x, 0)))
+
+
+def elu_backward(dy, y):
+    """dx = dy * 1 for x > 0, dy * exp(x) = dy * (y + 1) for x <= 0."""
+    return dy * xp_of(y).where(y > 0, 1, y + 1).astype(y.dtype, copy=False)
+
+
+ACTIVATION_FUNCTIONS = {
+    "identity": (identity_forward, identity_backward),
+    "relu": (relu_forward, relu_backward),
+    "tanh": (tanh_forward, tanh_backward),
+    "sigmoid": (sigmoid_forward, sigmoid_backward),
+    "softplus": (softplus_forward, softplus_backward),
+    "elu": (elu_forward, elu_backward),
+}
+assert set(ACTIVATION_FUNCTIONS) == set(ACTIVATIONS)
+
+
+def _check_activation(activation):
+    if activation not in ACTIVATION_FUNCTIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {tuple(ACTIVATION_FUNCTIONS)}")
+    return activation
+
+
+class _Activation(Module):
+    """An elementwise activation as a module: no parameters; the cache is the output y."""
+
+    name = "identity"
+
+    def forward(self, x):
+        """x: any shape, float -> (y same shape, cache = y)."""
+        check_array(x, "x")
+        y = ACTIVATION_FUNCTIONS[self.name][0](x)
+        return y, y
+
+    def backward(self, dy, cache):
+        """dL/dy -> dL/dx (same shape)."""
+        y = cache
+        _check_grad(dy, "dy", y)
+        return ACTIVATION_FUNCTIONS[self.name][1](dy, y)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class Identity(_Activation):
+    name = "identity"
+
+
+class ReLU(_Activation):
+    name = "relu"
+
+
+class Tanh(_Activation):
+    name = "tanh"
+
+
+class Sigmoid(_Activation):
+    name = "sigmoid"
+
+
+class Softplus(_Activation):
+    name = "softplus"
+
+
+class ELU(_Activation):
+    name = "elu"
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused affine + activation layer
+# ----------------------------------------------------------------------------------------------
+
+class Linear(Module):
+    """The fused layer y = act(x W + b).
+
+    x: (N, n_in), W: (n_in, n_out), b: (n_out,), y: (N, n_out).  ``activation`` is one of
+    identity, relu, tanh, sigmoid, softplus, elu.  ``init``: "auto" (He for relu/elu/softplus,
+    Glorot otherwise; see the module docstring), "glorot" or "he"; the bias starts at zero.
+    Forward and backward run the fused kernels ``kernels.linear_forward`` / ``linear_backward``.
+    """
+
+    def __init__(self, n_in, n_out, rng, dtype=np.float32, activation="identity", init="auto"):
+        if int(n_in) != n_in or int(n_out) != n_out or n_in < 1 or n_out < 1:
+            raise ValueError(f"expected positive integer sizes, got n_in={n_in!r}, n_out={n_out!r}")
+        self.n_in, self.n_out = int(n_in), int(n_out)
+        self.activation = _check_activation(activation)
+        self.init = default_init(activation) if init == "auto" else init
+        if self.init not in _INITS:
+            raise ValueError(f"unknown init {init!r}; expected 'auto', 'glorot' or 'he'")
+        dt = check_dtype(dtype)
+        self.W = Parameter(_INITS[self.init](self.n_in, self.n_out, make_rng(rng), dt))
+        self.b = Parameter(np.zeros(self.n_out, dtype=dt))
+
+    def forward(self, x):
+        """x (N, n_in) -> y = act(x W + b) (N, n_out), cache = (x, y)."""
+        _check_input(x, "x", self.n_in, self.W.value.dtype)
+        y = kernels.linear_forward(x, self.W.value, self.b.value, self.activation)
+        return y, (x, y)
+
+    def backward(self, dy, cache, need_dx=True):
+        """dy = dL/dy (N, n_out) -> dL/dx (N, n_in), or None when ``need_dx`` is False.
+
+        With h = x W + b and y = act(h):  dh = dy * act'(h),  dL/dW = x^T dh,  dL/db = sum_n dh,
+        dL/dx = dh W^T.  dL/dW and dL/db are ADDED to ``W.grad`` and ``b.grad``.
+        """
+        x, y = cache
+        _check_grad(dy, "dy", y)
+        # SOLUTION layer-backward: the fused layer's backward: dh = dy * act'(h) (from y), W.grad += x^T dh, b.grad += sum_n dh, return dh W^T (None unless need_dx)
+        dx, dW, db = kernels.linear_backward(dy, x, self.W.value, y, self.activation, need_dx)
+        self.W.grad += dW                             # dL/dW = x^T dh, summed over uses
+        self.b.grad += db                             # dL/db = sum_n dh
+        return dx                                     # dL/dx = dh W^T
+        # END SOLUTION
+
+    def __repr__(self):
+        return (f"Linear({self.n_in} -> {self.n_out}, activation={self.activation!r}, "
+                f"init={self.init!r}, dtype={self.W.value.dtype})")
+
+
+class MLP(Module):
+    """A stack of fused Linear layers: sizes = [D_0, D_1, ..., D_L] gives L layers.
+
+    Layers 1..L-1 use ``activation``, the last uses ``out_activation``.  Parameters are named
+    ``layers.<l>.W`` and ``layers.<l>.b`` (l from 0).  x: (N, D_0) -> y: (N, D_L).
+    """
+
+    def __init__(self, sizes, activation, rng, dtype=np.float32, out_activation="identity"):
+        sizes = list(sizes)
+        if len(sizes) < 2 or any(int(s) != s or s < 1 for s in sizes):
+            raise ValueError(f"expected sizes = [n_in, ..., n_out] of at least two positive integers, got {sizes}")
+        _check_activation(activation)
+        _check_activation(out_activation)
+        g = make_rng(rng)
+        self.sizes = [int(s) for s in sizes]
+        self.activation, self.out_activation = activation, out_activation
+        L = len(sizes) - 1
+        self.layers = [Linear(sizes[l], sizes[l + 1], g, dtype,
+                              activation if l < L - 1 else out_activation) for l in range(L)]
+
+    @property
+    def n_in(self):
+        return self.sizes[0]
+
+    @property
+    def n_out(self):
+        return self.sizes[-1]
+
+    def forward(self, x):
+        """x (N, D_0) -> y (N, D_L), cache = the list of the layers' caches."""
+        caches = []
+        for layer in self.layers:
+            x, c = layer.forward(x)
+            caches.append(c)
+        return x, caches
+
+    def backward(self, dy, cache, need_dx=True):
+        """dy = dL/dy (N, D_L) -> dL/dx (N, D_0), or None when ``need_dx`` is False.
+
+        Backpropagation: the layers' backwards in reverse order, each passing dL/d(its input)
+        down as the upstream gradient of the layer below; the first layer skips its dx matmul
+        when it is not needed.  Parameter grads accumulate.
+        """
+        for l in range(len(self.layers) - 1, -1, -1):
+            dy = self.layers[l].backward(dy, cache[l], need_dx=need_dx or l > 0)
+        return dy
+
+    def __repr__(self):
+        acts = [layer.activation for layer in self.layers]
+        body = " -> ".join(f"{s} ({a})" for s, a in zip(self.sizes[1:], acts))
+        return f"MLP({self.sizes[0]} -> {body}, dtype={self.layers[0].W.value.dtype})"
+
+
+# ----------------------------------------------------------------------------------------------
+# The GRU cell
+# ----------------------------------------------------------------------------------------------
+
+GRU_PARAM_NAMES = ("W_r", "U_r", "b_r", "W_u", "U_u", "b_u", "W_c", "U_c", "b_c")
+
+
+def gru_forward(params, x, h):
+    """One GRU step (Cho et al. 2014), row-vector form:
+
+        r     = sigma(x W_r + h U_r + b_r)            reset gate
+        u     = sigma(x W_u + h U_u + b_u)            update gate
+        c     = tanh(x W_c + (r * h) U_c + b_c)       candidate state
+        h_new = (1 - u) * h + u * c
+
+    params: dict with W_* (n_in, H), U_* (H, H), b_* (H,) for * in r, u, c.
+    x: (N, n_in), h: (N, H).  Returns h_new (N, H) and cache = (x, h, r, u, c).
+    """
+    W_r, U_r, b_r = params["W_r"], params["U_r"], params["b_r"]
+    W_u, U_u, b_u = params["W_u"], params["U_u"], params["b_u"]
+    W_c, U_c, b_c = params["W_c"], params["U_c"], params["b_c"]
+    n_in, H = W_r.shape
+    _check_input(x, "x", n_in, W_r.dtype)
+    _check_input(h, "h", H, W_r.dtype)
+    if h.shape[0] != x.shape[0]:
+        raise DataError(f"expected h of shape ({x.shape[0]}, {H}) (one row per row of x), got {tuple(h.shape)}")
+    r = sigmoid_forward(x @ W_r + h @ U_r + b_r)          # reset gate
+    u = sigmoid_forward(x @ W_u + h @ U_u + b_u)          # update gate
+    c = tanh_forward(x @ W_c + (r * h) @ U_c + b_c)       # candidate
+    h_new = (1 - u) * h + u * c                           # interpolate old state and candidate
+    return h_new, (x, h, r, u, c)
+
+
+def gru_backward(params, grads, dh_new, cache):
+    """Backward of one GRU step.
+
+    dh_new = dL/dh_new (N, H); cache from ``gru_forward``.  Adds dL/dparam to ``grads[name]``
+    (arrays shaped like ``params``, updated in place) and returns (dL/dx (N, n_in), dL/dh (N, H)).
+
+    With a_r, a_u, a_c the pre-activations of r, u, c:
+        dc = dh_new * u,   du = dh_new * (c - h),   dh = dh_new * (1 - u)  (the direct path)
+        da_c = dc * (1 - c^2);  dW_c = x^T da_c,  dU_c = (r * h)^T da_c,  db_c = sum_n da_c
+        d(r * h) = da_c U_c^T;  dr = d(r * h) * h,  dh += d(r * h) * r
+        da_u = du * u (1 - u),  da_r = dr * r (1 - r);  dW_g = x^T da_g, dU_g = h^T da_g, db_g = sum_n da_g
+        dx = da_r W_r^T + da_u W_u^T + da_c W_c^T,  dh += da_r U_r^T + da_u U_u^T
+    """
+    x, h, r, u, c = cache
+    _check_grad(dh_new, "dh_new", h)
+    # SOLUTION gru-backward: the GRU cell's backward pass (dx, dh and the parameter gradients)
+    W_r, U_r = params["W_r"], params["U_r"]
+    W_u, U_u = params["W_u"], params["U_u"]
+    W_c, U_c = params["W_c"], params["U_c"]
+    # h_new = (1 - u) * h + u * c
+    dc = dh_new * u
+    du = dh_new * (c - h)
+    dh = dh_new * (1 - u)
+    # c = tanh(a_c), a_c = x W_c + (r * h) U_c + b_c
+    da_c = tanh_backward(dc, c)
+    rh = r * h
+    grads["W_c"] += x.T @ da_c
+    grads["U_c"] += rh.T @ da_c
+    grads["b_c"] += da_c.sum(axis=0)
+    drh = da_c @ U_c.T
+    dr = drh * h
+    dh += drh * r
+    # u = sigma(a_u), a_u = x W_u + h U_u + b_u
+    da_u = sigmoid_backward(du, u)
+    grads["W_u"] += x.T @ da_u
+    grads["U_u"] += h.T @ da_u
+    grads["b_u"] += da_u.sum(axis=0)
+    # r = sigma(a_r), a_r = x W_r + h U_r + b_r
+    da_r = sigmoid_backward(dr, r)
+    grads["W_r"] += x.T @ da_r
+    grads["U_r"] += h.T @ da_r
+    grads["b_r"] += da_r.sum(axis=0)
+    # x and h feed all three pre-activations
+    dx = da_r @ W_r.T + da_u @ W_u.T + da_c @ W_c.T
+    dh += da_r @ U_r.T + da_u @ U_u.T
+    return dx, dh
+    # END SOLUTION
+
+
+class GRUCell(Module):
+    """One step of a gated recurrent unit; see ``gru_forward`` for the equations.
+
+    Parameters W_r, W_u, W_c (n_in, H), U_r, U_u, U_c (H, H): Glorot uniform; b_r, b_u, b_c (H,):
+    zero.  Reuse the cell across time steps, keep each step's cache, and call ``backward`` from the
+    last step to the first: the parameter gradients sum over the steps (BPTT).
+    """
+
+    def __init__(self, n_in, n_hidden, rng, dtype=np.float32):
+        if int(n_in) != n_in or int(n_hidden) != n_hidden or n_in < 1 or n_hidden < 1:
+            raise ValueError(f"expected positive integer sizes, got n_in={n_in!r}, n_hidden={n_hidden!r}")
+        self.n_in, self.n_hidden = int(n_in), int(n_hidden)
+        g, dt, H = make_rng(rng), check_dtype(dtype), int(n_hidden)
+        for gate in ("r", "u", "c"):
+            setattr(self, f"W_{gate}", Parameter(glorot_uniform(self.n_in, H, g, dt)))
+            setattr(self, f"U_{gate}", Parameter(glorot_uniform(H, H, g, dt)))
+            setattr(self, f"b_{gate}", Parameter(np.zeros(H, dtype=dt)))
+
+    def initial_state(self, n):
+        """h_0 = 0, shape (n, H), the parameters' dtype."""
+        return xp_of(self.W_r.value).zeros((n, self.n_hidden), dtype=self.W_r.value.dtype)
+
+    def forward(self, x, h):
+        """x (N, n_in), h (N, H) -> h_new (N, H), cache."""
+        return gru_forward(self.param_arrays(), x, h)
+
+    def backward(self, dh_new, cache):
+        """dL/dh_new (N, H) -> (dL/dx (N, n_in), dL/dh (N, H)); parameter grads accumulate."""
+        return gru_backward(self.param_arrays(), self.grad_arrays(), dh_new, cache)
+
+    def __repr__(self):
+        return f"GRUCell({self.n_in} -> {self.n_hidden}, dtype={self.W_r.value.dtype})"
