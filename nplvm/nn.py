@@ -147,11 +147,20 @@ class Module:
             p.grad = p.grad.astype(dt)
         return self
 
-    @property
-    def dtype(self):
-        """The dtype of the parameters (None for a module without any)."""
-        ps = list(self.parameters().values())
-        return ps[0].value.dtype if ps else None
+    class _ParamDtype:
+        """``module.dtype``: the dtype of its first parameter (None if it has none).
+
+        Read-only in spirit but a non-data descriptor, so a subclass that assigns its own
+        ``self.dtype = ...`` simply shadows it instead of failing.
+        """
+
+        def __get__(self, obj, objtype=None):
+            if obj is None:
+                return self
+            p = next(iter(obj.parameters().values()), None)
+            return None if p is None else p.value.dtype
+
+    dtype = _ParamDtype()
 
     def num_parameters(self) -> int:
         """Total number of scalar parameters."""
@@ -392,6 +401,8 @@ class Linear(Module):
         x, y = cache
         _check_grad(dy, "dy", y)
         # SOLUTION layer-backward: the fused layer's backward: dh = dy * act'(h) (from y), W.grad += x^T dh, b.grad += sum_n dh, return dh W^T (None unless need_dx)
+        # HINT ACTIVATION_FUNCTIONS[self.activation][1](dy, y) is dy * act'(h), computed from y alone.
+        # HINT Add to self.W.grad and self.b.grad in place (+=): a reused layer sums its gradients.
         dx, dW, db = kernels.linear_backward(dy, x, self.W.value, y, self.activation, need_dx)
         self.W.grad += dW                             # dL/dW = x^T dh, summed over uses
         self.b.grad += db                             # dL/db = sum_n dh
@@ -505,6 +516,9 @@ def gru_backward(params, grads, dh_new, cache):
     x, h, r, u, c = cache
     _check_grad(dh_new, "dh_new", h)
     # SOLUTION gru-backward: the GRU cell's backward pass (dx, dh and the parameter gradients)
+    # HINT Work backwards: h_new = (1 - u) h + u c first, then c, then u and r (c depends on r).
+    # HINT tanh_backward(dc, c) and sigmoid_backward(du, u) take the saved outputs; h reaches
+    # HINT h_new directly, through r * h, and through both gates: its gradient has four terms.
     W_r, U_r = params["W_r"], params["U_r"]
     W_u, U_u = params["W_u"], params["U_u"]
     W_c, U_c = params["W_c"], params["U_c"]

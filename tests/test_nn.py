@@ -483,6 +483,7 @@ def test_astype_casts_values_and_grads():
     for k, p in mlp.parameters().items():
         assert p.value.dtype == p.grad.dtype == np.float64
         np.testing.assert_array_equal(p.value, before[k])
+    assert mlp.dtype == np.float64
     y, _ = mlp.forward(np.ones((2, 3)))
     assert y.dtype == np.float64
     with pytest.raises(TypeError, match="float32 or float64"):
