@@ -1,0 +1,393 @@
+"""The fit loop every model uses: seeded minibatches, logging, checkpoints, resuming.
+
+Training minimises the loss of the model contract (README): for a minibatch B,
+
+    L(B) = (1/|B|) sum_{i in B} -ELBO(x_i)         (nats per example; model.loss(x_B, rng))
+
+with an optimiser step on its gradient after every batch.  The epoch's train NELBO is the
+batch-size-weighted mean of the batch losses, i.e. the mean of -ELBO over the epoch's examples
+(each evaluated with the parameters of its own batch).
+
+Reproducibility.  Every random number comes from a Generator derived from (seed, what, epoch,
+batch):
+
+    permutation of epoch e:        default_rng([seed, 1, e])
+    noise of batch b in epoch e:   default_rng([seed, 2, e, b])
+    noise of valid batch b:        default_rng([seed, 3, b])      (the same every epoch)
+
+so the run is a pure function of (initial params, optimiser, data, seed), and a run resumed
+from the checkpoint of epoch k continues bit for bit as if it had never stopped.  (The tags
+1, 2, 3 keep the streams apart: NumPy's SeedSequence treats trailing zeros as absent, so
+[seed, e] and [seed, e, 0] would give the same stream.)
+
+Files in ``out_dir``:
+    metrics.jsonl   one JSON object per epoch: epoch, train_nelbo, valid_nelbo, seconds,
+                    grad_norm (mean global gradient norm) and whatever eval_fn returns
+    checkpoint.npz  params, optimiser state, kind, config, training state (epoch, seed,
+                    history): rewritten atomically at the end of every epoch
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .backend import to_numpy, xp_of
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+FORMAT = "nplvm-checkpoint"
+VERSION = 1
+
+_PERM, _BATCH, _EVAL = 1, 2, 3      # stream tags, see the module docstring
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss, gradient or parameter became NaN/inf.  Carries epoch, batch and what went bad."""
+
+    def __init__(self, message, epoch=None, batch=None, name=None):
+        super().__init__(message)
+        self.epoch, self.batch, self.name = epoch, batch, name
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeded streams
+# ----------------------------------------------------------------------------------------------
+
+def epoch_permutation(n, seed, epoch):
+    """The order in which epoch ``epoch`` (0-based) visits the n training examples."""
+    return np.random.default_rng([seed, _PERM, epoch]).permutation(n)
+
+
+def batch_rng(seed, epoch, batch):
+    """The Generator handed to model.loss for batch ``batch`` of epoch ``epoch``."""
+    return np.random.default_rng([seed, _BATCH, epoch, batch])
+
+
+def eval_rng(seed, batch):
+    """The Generator for valid batch ``batch``: the same every epoch (common random numbers, so
+    valid NELBOs of different epochs differ only through the parameters)."""
+    return np.random.default_rng([seed, _EVAL, batch])
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+def _pack(tree, arrays, prefix):
+    """JSON-able copy of a nested dict/list of scalars and arrays; arrays move to ``arrays``
+    under generated keys and are replaced by {"__array__": key}."""
+    if isinstance(tree, dict):
+        bad = [k for k in tree if not isinstance(k, str)]
+        if bad:
+            raise CheckpointError(f"checkpoint state keys must be strings, got {bad[:3]}")
+        return {k: _pack(v, arrays, prefix) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_pack(v, arrays, prefix) for v in tree]
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    if isinstance(tree, np.generic) or isinstance(tree, np.ndarray) or hasattr(tree, "__array__"):
+        key = f"{prefix}{len(arrays)}"
+        arrays[key] = np.asarray(to_numpy(tree))        # 0-d arrays keep numpy scalars' dtype
+        return {"__array__": key}
+    raise CheckpointError(f"cannot store a {type(tree).__name__} in a checkpoint "
+                          "(allowed: dict, list, str, int, float, bool, None, arrays)")
+
+
+def _unpack(tree, arrays):
+    if isinstance(tree, dict):
+        if set(tree) == {"__array__"}:
+            a = arrays[tree["__array__"]]
+            return a[()] if a.ndim == 0 else a
+        return {k: _unpack(v, arrays) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_unpack(v, arrays) for v in tree]
+    return tree
+
+
+def _atomic_write(path, write):
+    """Call write(file object) on a temporary file in path's folder, then os.replace it onto
+    path: a reader (or a crash) never sees a half-written file.  No temporary is left behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(path, model, optimizer=None, state=None):
+    """Write model params, optimiser state, kind, config and training state to an .npz.
+
+    Layout: ``param/<name>`` arrays for the params; ``meta`` a JSON string with format,
+    version, kind, config, param names and shapes, and the optimiser and training state (their
+    arrays stored as ``optim/<i>`` and ``state/<i>``).  Written atomically (temporary file in
+    the same folder, then os.replace).  Returns the path.
+    """
+    try:
+        config = json.loads(json.dumps(model.config))
+    except TypeError as e:
+        raise CheckpointError(f"model.config of {model.kind!r} is not JSON-serialisable ({e}); "
+                              "the contract asks for a dict that rebuilds the model") from e
+    arrays = {f"param/{name}": np.asarray(to_numpy(p)) for name, p in model.params.items()}
+    meta = {
+        "format": FORMAT, "version": VERSION, "kind": model.kind, "config": config,
+        "params": {name: list(a.shape) for name, a in
+                   ((n, arrays[f"param/{n}"]) for n in model.params)},
+        "optimizer": None if optimizer is None else _pack(optimizer.state_dict(), arrays, "optim/"),
+        "optimizer_class": None if optimizer is None else type(optimizer).__name__,
+        "state": _pack(state or {}, arrays, "state/"),
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
+    return _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def read_checkpoint(path):
+    """(meta dict, params dict of arrays, optimiser state or None, training state) from a file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except Exception as e:
+        raise CheckpointError(f"{str(path)!r} is not a readable nplvm checkpoint ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not an nplvm checkpoint (format {meta.get('format')!r})")
+    params = {name: arrays[f"param/{name}"] for name in meta["params"]}
+    optim = None if meta["optimizer"] is None else _unpack(meta["optimizer"], arrays)
+    return meta, params, optim, _unpack(meta["state"], arrays)
+
+
+def load_checkpoint(path, model=None):
+    """Load a checkpoint: returns (model, optimizer_state or None, state).
+
+    With ``model`` given, its kind and every parameter's name and shape must match the file's
+    (a CheckpointError lists the differences); the values are copied into the live arrays of
+    ``model.params`` in place, so an optimiser holding them sees the loaded values.  Without
+    ``model``, the model is rebuilt with ``nplvm.models.build(kind, config)`` first.
+    Pass optimizer_state to ``optimizer.load_state_dict``.
+    """
+    meta, params, optim, state = read_checkpoint(path)
+    if model is None:
+        from .models import build          # models sit below train; imported on use
+        model = build(meta["kind"], meta["config"])
+    if model.kind != meta["kind"]:
+        raise CheckpointError(f"{str(path)!r} holds a {meta['kind']!r} model, "
+                              f"but it is being loaded into a {model.kind!r}")
+    problems = []
+    for name in sorted(set(params) | set(model.params)):
+        if name not in model.params:
+            problems.append(f"{name}: in the checkpoint, not in the model")
+        elif name not in params:
+            problems.append(f"{name}: in the model, not in the checkpoint")
+        elif tuple(model.params[name].shape) != params[name].shape:
+            problems.append(f"{name}: checkpoint shape {params[name].shape}, "
+                            f"model shape {tuple(model.params[name].shape)}")
+    if problems:
+        raise CheckpointError(f"{str(path)!r} does not fit this {model.kind!r} model "
+                              f"(config {meta['config']} in the file):\n  " + "\n  ".join(problems))
+    for name, value in params.items():
+        p = model.params[name]
+        p[...] = xp_of(p).asarray(value)     # in place: keep the arrays the optimiser holds
+    return model, optim, state
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+def _global_norm(grads):
+    """sqrt(sum_k ||g_k||^2) over all gradient arrays, as a Python float."""
+    return math.sqrt(sum(float(xp_of(g).vdot(g.ravel(), g.ravel())) for g in grads.values()))
+
+
+def _check_grads(loss, grads, params, epoch, batch, ckpt_note):
+    where = f"epoch {epoch + 1}, batch {batch}"
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"the loss became {loss} at {where}; {ckpt_note}", epoch + 1, batch, "loss")
+    missing = set(params) - set(grads)
+    if missing:
+        raise KeyError(f"model.loss returned no gradient for {sorted(missing)}")
+    for name, g in grads.items():
+        if not bool(xp_of(g).isfinite(g).all()):
+            raise TrainingDiverged(f"the gradient of {name!r} holds NaN/inf at {where} "
+                                   f"(loss {loss:.6g}); {ckpt_note}", epoch + 1, batch, name)
+
+
+def evaluate(model, x, batch_size=100, seed=0):
+    """The model's mean loss (NELBO, nats per example) on x, in batches with fixed noise.
+
+    Batch b uses ``eval_rng(seed, b)``; the result is the batch-size-weighted mean of the
+    batch losses, i.e. (1/N) sum_i -ELBO(x_i).  Gradients are computed by model.loss and dropped.
+    """
+    dtype, xp = _model_dtype(model)
+    n, total = len(x), 0.0
+    for b, start in enumerate(range(0, n, batch_size)):
+        xb = xp.asarray(x[start:start + batch_size], dtype=dtype)
+        loss, _ = model.loss(xb, eval_rng(seed, b))
+        total += float(loss) * len(xb)
+    return total / n
+
+
+def _model_dtype(model):
+    p = next(iter(model.params.values()))
+    return p.dtype, xp_of(p)
+
+
+def _jsonable(v):
+    if isinstance(v, (np.generic, np.ndarray)) and np.ndim(v) == 0:
+        return v.item()
+    if isinstance(v, dict):
+        return {k: _jsonable(u) for k, u in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(u) for u in v]
+    return v
+
+
+def _write_metrics(path, history):
+    text = "".join(json.dumps(r) + "\n" for r in history)
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed=0,
+        out_dir=None, progress=True, clip_norm=None, eval_fn=None, resume=False, log=print,
+        eval_batch_size=None):
+    """Train ``model`` with ``optimizer`` on x_train; returns the history (one dict per epoch).
+
+    model       follows the contract: params, loss(x, rng) -> (loss, grads), kind, config
+    optimizer   has step(params, grads) (in place), state_dict(), load_state_dict(d)
+    x_train     (N, ...) array; batches are taken along axis 0 and cast to the params' dtype
+                (uint8 binary images stay small in memory).  (N, 28, 28) works for the VRNN.
+    x_valid     optional array; valid_nelbo = evaluate(model, x_valid, ..., seed) every epoch
+    epochs      total number of epochs (a resumed run continues up to this number)
+    seed        seeds every permutation and every batch's noise (see the module docstring)
+    out_dir     if given: metrics.jsonl and checkpoint.npz are rewritten there every epoch
+    progress    tqdm bar over batches (only when stderr is a terminal)
+    clip_norm   if given, rescale gradients so their global norm is at most clip_norm:
+                g <- g * min(1, clip_norm / ||g||)
+    eval_fn     optional eval_fn(model, epoch) -> dict of extra metrics for the epoch record
+                (a "valid_nelbo" it returns replaces the built-in one)
+    resume      continue from out_dir/checkpoint.npz (params, optimiser state, history);
+                bit-identical to an uninterrupted run with the same arguments
+    log         function taking one line per epoch (None: quiet)
+
+    Raises TrainingDiverged (naming epoch, batch and the loss or gradient) as soon as a
+    loss or gradient is NaN/inf, before the bad step is taken, or when a parameter or the
+    valid NELBO is NaN/inf at the end of an epoch; checkpoint.npz then still holds the last
+    completed epoch, untouched.
+    """
+    n = len(x_train)
+    if n == 0:
+        raise ValueError("x_train is empty")
+    if batch_size < 1 or epochs < 0:
+        raise ValueError(f"need batch_size >= 1 and epochs >= 0, got {batch_size}, {epochs}")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    dtype, xp = _model_dtype(model)
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = out / CHECKPOINT if out is not None else None
+    history, start = [], 0
+    saved = None                                       # epoch of the checkpoint this run wrote/read
+
+    if resume:
+        if out is None:
+            raise ValueError("resume=True needs out_dir (where checkpoint.npz lives)")
+        if ckpt.is_file():
+            _, optim_state, state = load_checkpoint(ckpt, model)
+            for key, now in (("seed", seed), ("batch_size", batch_size), ("n_train", n)):
+                if state.get(key) != now:
+                    raise CheckpointError(
+                        f"cannot resume {str(ckpt)!r} bit for bit: it was trained with "
+                        f"{key}={state.get(key)}, this call has {key}={now}")
+            if optim_state is not None:
+                optimizer.load_state_dict(optim_state)
+            history, start = list(state["history"]), int(state["epoch"])
+            saved = start
+            if log:
+                log(f"resumed from {ckpt} at epoch {start}")
+        elif log:
+            log(f"no checkpoint at {ckpt}: starting from scratch")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_metrics(out / METRICS, history)         # drop lines past the checkpoint, if any
+
+    n_batches = -(-n // batch_size)
+    show_bar = progress and sys.stderr.isatty()
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        ckpt_note = (f"the last good checkpoint ({str(ckpt)!r}, epoch {saved}) is untouched"
+                     if saved is not None else "no checkpoint of this run was written")
+        order = epoch_permutation(n, seed, epoch)
+        total, norm_sum = 0.0, 0.0
+        bar = None
+        if show_bar:
+            from tqdm import tqdm
+            bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        for b in range(n_batches):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            xb = xp.asarray(x_train[idx], dtype=dtype)
+            loss, grads = model.loss(xb, batch_rng(seed, epoch, b))
+            loss = float(loss)
+            _check_grads(loss, grads, model.params, epoch, b, ckpt_note)
+            norm = _global_norm(grads)
+            norm_sum += norm
+            if clip_norm is not None and norm > clip_norm:
+                scale = clip_norm / norm                  # g <- g * clip_norm / ||g||
+                grads = {k: g * g.dtype.type(scale) for k, g in grads.items()}
+            optimizer.step(model.params, grads)
+            total += loss * len(idx)
+            if bar is not None:
+                bar.set_postfix(nelbo=f"{loss:.2f}", refresh=False)
+                bar.update(1)                           # redraws at most every 0.1 s
+        if bar is not None:
+            bar.close()
+        for name, p in model.params.items():
+            if not bool(xp_of(p).isfinite(p).all()):
+                raise TrainingDiverged(f"parameter {name!r} holds NaN/inf after epoch {epoch + 1} "
+                                       f"(finite gradients: the step size is too large?); {ckpt_note}",
+                                       epoch + 1, n_batches - 1, name)
+
+        record = {"epoch": epoch + 1, "train_nelbo": total / n, "valid_nelbo": None}
+        if x_valid is not None:
+            record["valid_nelbo"] = evaluate(model, x_valid, eval_batch_size or batch_size, seed)
+        if eval_fn is not None:
+            record.update(_jsonable(eval_fn(model, epoch + 1) or {}))
+        valid = record["valid_nelbo"]
+        if valid is not None and not math.isfinite(valid):
+            raise TrainingDiverged(f"the valid NELBO is {valid} after epoch {epoch + 1}; "
+                                   f"{ckpt_note}", epoch + 1, None, "valid_nelbo")
+        record["grad_norm"] = norm_sum / n_batches
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+
+        if out is not None:
+            _write_metrics(out / METRICS, history)
+            save_checkpoint(ckpt, model, optimizer, state={
+                "epoch": epoch + 1, "seed": seed, "batch_size": batch_size, "n_train": n,
+                "history": history})
+            saved = epoch + 1
+        if log:
+            valid = "" if record["valid_nelbo"] is None else f"  valid NELBO {record['valid_nelbo']:.3f}"
+            log(f"epoch {epoch + 1}/{epochs}  train NELBO {record['train_nelbo']:.3f}{valid}  "
+                f"({record['seconds']:.1f} s)")
+    return history
