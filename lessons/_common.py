@@ -1,0 +1,207 @@
+"""Small helpers the numbered lessons share: arguments, figures, and the table of checks.
+
+A lesson is a script ``NN_name.py`` with ``main(argv) -> dict``.  It
+
+* parses ``--quick`` (a few seconds; what the tests run), ``--out DIR`` (where figures go,
+  default ``figures/<lesson-name>/`` at the repository root) and ``--seed``   -> ``parse_args``
+* prints every derivation it verifies as a row "identity | lhs | rhs | difference | tol | ok"
+  -> ``CheckTable``
+* saves PNG figures                                                          -> ``save_figure``
+
+and returns ``{"checks": table.to_dict(), "figures": [...], ...}`` so a test can assert the
+same numbers the student reads.
+
+Usage::
+
+    import _common as C
+    args = C.parse_args(argv, __doc__, __file__)
+    table = C.CheckTable("KL of two Gaussians")
+    table.add("KL closed form = MC", lhs=kl, rhs=kl_mc, tol=4 * se, note="tol = 4 SE")
+    table.add("L_1 <= L_5", lhs=L1, rhs=L5, tol=3 * se, relation="<=")
+    print(table)
+    C.save_figure(fig, args.out / "kl.png")
+
+For gradients to 1e-8 and better, ``richardson_grad`` gives central differences with one
+Richardson step (error O(h^4)), sharper than ``nplvm.gradcheck.numerical_grad`` (O(h^2)).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+LESSONS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = LESSONS_DIR.parent
+if str(REPO_ROOT) not in sys.path:              # `import nplvm` when run as a script
+    sys.path.insert(0, str(REPO_ROOT))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")                            # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported for the lessons)
+
+__all__ = ["parse_args", "lesson_name", "save_figure", "CheckTable", "richardson_grad", "quick_or",
+           "plt", "REPO_ROOT"]
+
+RELATIONS = ("=", "<=", ">=")
+
+
+def lesson_name(file):
+    """'lessons/02_kl_gaussian.py' -> '02_kl_gaussian'."""
+    return Path(file).stem
+
+
+def parse_args(argv, description, file, extra=None):
+    """The common flags: --quick, --out (default figures/<lesson-name>/), --seed (default 0).
+
+    argv: a list of strings (None: sys.argv[1:]); description: the lesson's docstring;
+    file: the lesson's __file__; extra: optional function(parser) adding lesson-specific flags.
+    Returns the Namespace with ``out`` a Path that exists.
+    """
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes so the lesson runs in a few seconds (the tests use it)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for the PNG figures (default figures/<lesson-name>/)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = REPO_ROOT / "figures" / lesson_name(file)
+    args.out = Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def save_figure(fig, path, dpi=110):
+    """Write ``fig`` as a PNG to ``path`` (parents created), close it, and return the path as str."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    print(f"saved {path}")
+    return str(path)
+
+
+def _fmt(v):
+    if v is None:
+        return ""
+    v = float(v)
+    if v == 0.0 or (1e-3 <= abs(v) < 1e5):
+        return f"{v:.6f}"
+    return f"{v:.3e}"
+
+
+class CheckTable:
+    """Numeric checks of derivations, printed as "identity | lhs | rhs | difference | tol | ok".
+
+    Each row compares two numbers computed two different ways:
+
+      relation "="   ok when |lhs - rhs| <= tol
+      relation "<="  ok when lhs - rhs <= tol        (lhs is below rhs, up to tol)
+      relation ">="  ok when rhs - lhs <= tol
+
+    ``tol`` is what the row is judged by: float rounding for an exact identity (1e-10), a few
+    standard errors for a Monte Carlo estimate, the finite-difference error for a gradient.
+    For gradients, pass the relative error as ``lhs`` and 0 as ``rhs`` (relation "<=" also
+    reads well: "rel. error <= 1e-7").
+    """
+
+    def __init__(self, title):
+        self.title = title
+        self.rows = {}
+
+    def add(self, identity, lhs, rhs, tol, relation="=", note=""):
+        """Record one check; returns whether it holds.  ``identity`` names it (unique per table)."""
+        if relation not in RELATIONS:
+            raise ValueError(f"expected relation in {RELATIONS}, got {relation!r}")
+        if identity in self.rows:
+            raise ValueError(f"a check named {identity!r} is already in the table")
+        lhs, rhs, tol = float(lhs), float(rhs), float(tol)
+        diff = lhs - rhs
+        if relation == "=":
+            ok = abs(diff) <= tol
+        elif relation == "<=":
+            ok = diff <= tol
+        else:
+            ok = -diff <= tol
+        ok = bool(ok) and math.isfinite(diff)
+        self.rows[identity] = {"lhs": lhs, "rhs": rhs, "difference": diff, "tol": tol,
+                               "relation": relation, "ok": ok, "note": note}
+        return ok
+
+    @property
+    def all_ok(self):
+        return all(r["ok"] for r in self.rows.values())
+
+    def failures(self):
+        """The names of the checks that do not hold."""
+        return [k for k, r in self.rows.items() if not r["ok"]]
+
+    def to_dict(self):
+        """{identity: {"lhs", "rhs", "difference", "tol", "relation", "ok", "note"}} (a copy)."""
+        return {k: dict(r) for k, r in self.rows.items()}
+
+    def render(self):
+        head = ("identity", "lhs", "rel", "rhs", "difference", "tol", "ok")
+        lines = [head]
+        for k, r in self.rows.items():
+            lines.append((k, _fmt(r["lhs"]), r["relation"], _fmt(r["rhs"]), _fmt(r["difference"]),
+                          _fmt(r["tol"]), "ok" if r["ok"] else "FAIL"))
+        widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
+        out = [f"== {self.title} =="]
+        for j, l in enumerate(lines):
+            cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(l, widths))]
+            out.append(" | ".join(cells))
+            if j == 0:
+                out.append("-+-".join("-" * w for w in widths))
+        for k, r in self.rows.items():
+            if r["note"]:
+                out.append(f"  [{k}] {r['note']}")
+        n_bad = len(self.failures())
+        out.append(f"{len(self.rows)} checks: " + ("all ok" if n_bad == 0 else f"{n_bad} FAILED"))
+        return "\n".join(out)
+
+    def __str__(self):
+        return self.render()
+
+
+def richardson_grad(f, x, h=1e-3):
+    """df/dx for every entry of the float64 array x (perturbed in place, restored exactly).
+
+    Central differences D(h) = (f(x + h e_i) - f(x - h e_i)) / 2h have error O(h^2); one
+    Richardson step (4 D(h/2) - D(h)) / 3 cancels it, leaving O(h^4) ~ 1e-12, with a step large
+    enough that rounding in f costs only ~1e-13.  That resolves gradients to ~1e-10 relative,
+    where plain central differences (h = 1e-6) stop near 1e-8.
+    """
+    if x.dtype != np.float64:
+        raise TypeError(f"expected a float64 array for finite differences, got {x.dtype}")
+    g = np.zeros_like(x)
+    flat = x.reshape(-1)                       # a view: x must be contiguous
+    if not np.shares_memory(flat, x):
+        raise ValueError("expected a contiguous array (it is perturbed in place)")
+    for i in range(x.size):
+        old = flat[i]
+
+        def D(s):
+            flat[i] = old + s
+            fp = float(f())
+            flat[i] = old - s
+            fm = float(f())
+            flat[i] = old
+            return (fp - fm) / ((old + s) - (old - s))
+
+        g.reshape(-1)[i] = (4.0 * D(h / 2) - D(h)) / 3.0
+    return g
+
+
+def quick_or(args, quick, full):
+    """``quick`` under --quick, else ``full``."""
+    return quick if args.quick else full
+
