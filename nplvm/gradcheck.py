@@ -122,8 +122,8 @@ def check_grad(f, x, analytic, eps=1e-6, max_entries=None, seed=0):
                          f"got {tuple(analytic.shape)}")
     idx = _subset(x.size, max_entries, backend.rng(seed))
     num = numerical_grad(f, x, eps=eps, indices=idx)
-    ana = np.asarray(analytic).reshape(-1) if idx is not None else np.asarray(analytic)
-    return rel_error(ana[idx] if idx is not None else ana, num)
+    ana = np.asarray(analytic) if idx is None else np.asarray(analytic).reshape(-1)[idx]
+    return rel_error(ana, num)
 
 
 class GradCheckReport(dict):

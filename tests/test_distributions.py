@@ -465,3 +465,19 @@ def test_categorical_bad_labels():
         c.log_prob(np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]]))
     with pytest.raises(DataError, match="integer labels of shape"):
         c.log_prob(np.array([0.0, 1.0]))
+
+
+def test_float32_in_float32_out(rng):
+    """Training runs in float32: no quantity silently upcasts to float64."""
+    f32 = np.float32
+    mu, lv = rng.standard_normal((3, 4)).astype(f32), rng.standard_normal((3, 4)).astype(f32)
+    q = DiagGaussian(mu, lv)
+    z = q.sample(rng)
+    outs = [z, q.log_prob(z), *q.log_prob_grad(z), q.entropy(), *q.kl_std(), *q.kl(q),
+            *q.rsample_backward(z, z)]
+    l = rng.standard_normal((3, 4)).astype(f32)
+    x = (rng.random((3, 4)) < 0.5).astype(f32)
+    outs += [*Bernoulli(l).nll_and_grad(x), Bernoulli(l).entropy(), Bernoulli(l).entropy_grad(),
+             Categorical(l).probs, Categorical(l).entropy(), Categorical(l).entropy_grad(),
+             *Categorical(l).kl(Categorical(l)), dist.logsumexp(l), dist.logmeanexp(l, 0)]
+    assert all(o.dtype == f32 for o in outs), [o.dtype for o in outs]
