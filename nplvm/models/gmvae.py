@@ -53,39 +53,14 @@ from scipy.optimize import linear_sum_assignment
 
 import kernels
 
-from ..backend import check_dtype, rng as make_rng, xp_of
+from ..backend import check_dtype, rng as make_rng
 from ..checks import DataError, check_array, check_binary, check_finite
+from ..distributions import log_softmax, logsumexp, softmax_backward
 from ..nn import MLP, Module, Parameter
 from . import register
+from .vae import parse_hidden
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-# ----------------------------------------------------------------------------------------------
-# Small numerics
-# ----------------------------------------------------------------------------------------------
-
-def _log_softmax(a):
-    """log softmax over the last axis, stable: a - max - log sum exp(a - max).  a: (N, K)."""
-    xp = xp_of(a)
-    m = a.max(axis=-1, keepdims=True)
-    s = a - m
-    return s - xp.log(xp.exp(s).sum(axis=-1, keepdims=True))
-
-
-def _logsumexp(a, axis):
-    """log sum exp(a) along ``axis``, stable (max subtracted first)."""
-    xp = xp_of(a)
-    m = a.max(axis=axis, keepdims=True)
-    return (m + xp.log(xp.exp(a - m).sum(axis=axis, keepdims=True))).squeeze(axis)
-
-
-def _softmax_backward(pi, g):
-    """dL/da for pi = softmax(a) given g = dL/dpi: the Jacobian diag(pi) - pi pi^T applied to g.
-
-    pi, g: (N, K).  da_k = pi_k (g_k - sum_j pi_j g_j).
-    """
-    return pi * (g - (pi * g).sum(axis=1, keepdims=True))
 
 
 def cluster_accuracy(labels, assignments, n_clusters=None):
@@ -129,25 +104,29 @@ class GMVAE(Module):
         z_dim:        L, the dimension of z.
         hidden:       widths of the encoder trunk; the decoder mirrors them (L -> reversed -> D).
         activation:   hidden-layer activation ("relu", "tanh", "softplus", "elu", ...).
+        beta:         the weight of both KL terms in ``loss`` (1 = the ELBO); ``self.beta`` may be
+                      changed during training (a KL warm-up) without touching the config.
         prior_spread: the prior means mu_y start at prior_spread * (a random unit direction),
                       spread apart so that the components begin distinguishable; logvar_y = 0.
         seed:         initialisation seed.
         dtype:        "float32" to train, "float64" to check gradients.
 
     Parameters (``params``): trunk.*, y_head.*, z_head.*, decoder.* (MLP weights), prior_mu (K, L),
-    prior_logvar (K, L).  ``beta`` (attribute, default 1) weights both KL terms in ``loss``.
+    prior_logvar (K, L).
     """
 
     def __init__(self, x_dim=784, n_components=10, z_dim=10, hidden=(256, 256), activation="relu",
-                 prior_spread=2.0, seed=0, dtype="float32"):
+                 prior_spread=2.0, beta=1.0, seed=0, dtype="float32"):
         for name, v in (("x_dim", x_dim), ("n_components", n_components), ("z_dim", z_dim)):
             if int(v) != v or v < 1:
                 raise ValueError(f"expected {name} to be a positive integer, got {v!r}")
         if int(n_components) < 2:
             raise ValueError(f"expected n_components >= 2 (a mixture), got {n_components}")
-        hidden = [int(h) for h in (hidden if isinstance(hidden, (list, tuple)) else [hidden])]
-        if not hidden or any(h < 1 for h in hidden):
-            raise ValueError(f"expected hidden to be a non-empty list of positive widths, got {hidden}")
+        hidden = parse_hidden(hidden if not isinstance(hidden, int) else [hidden])
+        if not hidden:
+            raise ValueError(f"expected at least one hidden layer (the trunk h(x)), got {hidden}")
+        if not np.isfinite(beta) or beta < 0:
+            raise ValueError(f"expected a finite beta >= 0, got {beta!r}")
         if not np.isfinite(prior_spread) or prior_spread < 0:
             raise ValueError(f"expected prior_spread >= 0, got {prior_spread!r}")
         dt = check_dtype(dtype)
@@ -164,15 +143,17 @@ class GMVAE(Module):
         direction /= np.linalg.norm(direction, axis=1, keepdims=True)
         self.prior_mu = Parameter((self.prior_spread * direction).astype(dt))           # mu_y (K, L)
         self.prior_logvar = Parameter(np.zeros((K, L), dtype=dt))                       # logvar_y (K, L)
-        self.beta = 1.0
+        self.beta = float(beta)        # KL weight used by loss(); a warm-up schedule changes it
+        self._config = {"x_dim": self.x_dim, "n_components": K, "z_dim": L, "hidden": list(hidden),
+                        "activation": activation, "prior_spread": self.prior_spread,
+                        "beta": self.beta, "seed": self.seed, "dtype": dt.name}
 
     # -- the model contract ----------------------------------------------------------------------
 
     @property
     def config(self):
-        return {"x_dim": self.x_dim, "n_components": self.n_components, "z_dim": self.z_dim,
-                "hidden": list(self.hidden), "activation": self.activation,
-                "prior_spread": self.prior_spread, "seed": self.seed, "dtype": str(self.dtype)}
+        """The constructor arguments (beta as given: a warm-up changes ``self.beta`` only)."""
+        return dict(self._config)
 
     @property
     def params(self):
@@ -201,7 +182,7 @@ class GMVAE(Module):
         """x (N, D) -> h (N, H), logits a (N, K), log pi (N, K), caches."""
         h, c_trunk = self.trunk.forward(x)
         a, c_y = self.y_head.forward(h)
-        return h, a, _log_softmax(a), (c_trunk, c_y)
+        return h, a, log_softmax(a, axis=1), (c_trunk, c_y)
 
     def _components_forward(self, x_rows, h_rows, Y, eps, weight, beta):
         """The per-(example, y) terms for M rows at once.
@@ -287,7 +268,7 @@ class GMVAE(Module):
         # SOLUTION gmvae-gradient: the exact-sum gradient: through the weights q(y|x) and, per component, by reparameterization
         # through the weights: dloss/dpi_k = l_k + beta (log pi_k + log K + 1), then softmax backward
         g = (ell + beta * (log_pi + math.log(K) + 1.0)) / N
-        da = _softmax_backward(pi, g)
+        da = softmax_backward(g, pi, axis=1)          # pi * (g - sum_k pi_k g_k)
         dh = self.y_head.backward(da, c_y)
         # inside each component: reparameterization, already weighted by q(y=k|x)/N in the kernels
         dh_rows = self._components_backward(cache)
@@ -363,18 +344,20 @@ class GMVAE(Module):
         mu_p = np.repeat(self.prior_mu.value, N, axis=0)
         logvar_p = np.repeat(self.prior_logvar.value, N, axis=0)
         xs = np.tile(x, (K, 1))
-        chunk = max(1, max_rows // (K * N))
+        chunk = max(1, int(max_rows) // (K * N))              # samples per decoder pass
         logw = np.empty((S, N), dtype=np.float64)
         for s0 in range(0, S, chunk):
-            for s in range(s0, min(S, s0 + chunk)):
-                eps = g.standard_normal((K * N, L)).astype(self.dtype)
-                z = mu + np.exp(0.5 * logvar) * eps
-                logits, _ = self.decoder.forward(z)
-                log_px = -kernels.bernoulli_nll(xs, logits)[0]                        # log p(x|z)
-                log_pz = -0.5 * np.sum(LOG_2PI + logvar_p + (z - mu_p) ** 2 * np.exp(-logvar_p), axis=1)
-                log_qz = -0.5 * np.sum(LOG_2PI + logvar + eps * eps, axis=1)          # log q(z|x,y)
-                terms = (log_px + log_pz - log_qz).astype(np.float64).reshape(K, N) - math.log(K)
-                logw[s] = _logsumexp(terms, axis=0)            # log sum_y p(y) (...)
+            c = min(chunk, S - s0)
+            eps = g.standard_normal((c, K * N, L)).astype(self.dtype)   # sample-major noise
+            z = (mu + np.exp(0.5 * logvar) * eps).reshape(c * K * N, L)
+            e = eps.reshape(c * K * N, L)
+            logits, _ = self.decoder.forward(z)
+            log_px = -kernels.bernoulli_nll(np.tile(xs, (c, 1)), logits)[0]       # log p(x|z)
+            mp, lvp = np.tile(mu_p, (c, 1)), np.tile(logvar_p, (c, 1))
+            log_pz = -0.5 * np.sum(LOG_2PI + lvp + (z - mp) ** 2 * np.exp(-lvp), axis=1)  # log p(z|y)
+            log_qz = -0.5 * np.sum(LOG_2PI + np.tile(logvar, (c, 1)) + e * e, axis=1)    # log q(z|x,y)
+            terms = (log_px + log_pz - log_qz).astype(np.float64).reshape(c, K, N) - math.log(K)
+            logw[s0:s0 + c] = logsumexp(terms, axis=1)          # log sum_y p(y) p(x,z|y) / q(z|x,y)
         return logw
 
     def responsibilities(self, x):
@@ -405,3 +388,36 @@ class GMVAE(Module):
         std = np.exp(0.5 * self.prior_logvar.value[comps])[:, None, :]
         z = self.prior_mu.value[comps][:, None, :] + std * eps                # z ~ N(mu_y, var_y)
         return self.decode(z.reshape(-1, self.z_dim)).reshape(len(comps), n, self.x_dim)
+
+    # -- the command-line hook (python -m nplvm train gmvae ...) -----------------------------------
+
+    @classmethod
+    def add_cli_arguments(cls, parser):
+        """Add this model's flags to an argparse parser (``python -m nplvm train gmvae --help``)."""
+        d = cls.cli_defaults()
+        parser.add_argument("--hidden", default=d["hidden"],
+                            help="hidden sizes of the encoder trunk, mirrored by the decoder (default %(default)s)")
+        parser.add_argument("--latent", type=int, default=d["latent"], help="size L of z (default %(default)s)")
+        parser.add_argument("--components", type=int, default=d["components"],
+                            help="number K of mixture components, the values of y (default %(default)s)")
+        parser.add_argument("--activation", default=d["activation"],
+                            choices=["relu", "tanh", "sigmoid", "softplus", "elu"],
+                            help="hidden activation (default %(default)s)")
+        parser.add_argument("--prior-spread", type=float, default=d["prior_spread"],
+                            help="initial distance of the prior means mu_y from 0 (default %(default)s)")
+        parser.add_argument("--beta", type=float, default=1.0, help="weight of both KL terms (default 1)")
+        parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                            help="parameter dtype (default float32)")
+
+    @classmethod
+    def cli_defaults(cls):
+        return {"hidden": "256,256", "latent": 10, "components": 10, "activation": "relu",
+                "prior_spread": 2.0}
+
+    @classmethod
+    def config_from_args(cls, args):
+        """The config dict from parsed flags; ``args.data_dim`` (set by the CLI) gives x_dim."""
+        return {"x_dim": int(getattr(args, "data_dim", 784)), "n_components": args.components,
+                "z_dim": args.latent, "hidden": parse_hidden(args.hidden), "activation": args.activation,
+                "prior_spread": args.prior_spread, "beta": args.beta, "seed": args.seed,
+                "dtype": args.dtype}
