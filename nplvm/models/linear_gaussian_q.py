@@ -127,20 +127,22 @@ class LinearGaussianQ:
         return loss, grads
 
     def fit(self, X, n_steps=2000, batch_size=100, lr=1e-2, lr_final=1e-4, seed=0, log_every=0):
-        """Adam on the reparameterized ELBO, lr decayed geometrically from ``lr`` to ``lr_final``.
+        """Adam on the reparameterized ELBO: ``lr`` for the first half of the steps, then decayed
+        geometrically to ``lr_final`` (the decay averages out the gradient noise of the samples).
 
         X: (N, D).  Returns the list of minibatch losses.
         """
         X = self._check_x(X).astype(self.dtype, copy=False)
         rng = np.random.default_rng(seed)
         opt = Adam(lr=lr)
-        decay = (lr_final / lr) ** (1.0 / max(n_steps - 1, 1))
+        n_const = n_steps // 2
+        decay = (lr_final / lr) ** (1.0 / max(n_steps - n_const - 1, 1))
         losses = []
         N = X.shape[0]
         for t in range(n_steps):
             idx = rng.choice(N, size=min(batch_size, N), replace=False)
             loss, grads = self.loss(X[idx], rng)
-            opt.lr = lr * decay ** t
+            opt.lr = lr * decay ** max(t - n_const, 0)
             opt.step(self.params, grads)
             losses.append(loss)
             if log_every and (t + 1) % log_every == 0:
