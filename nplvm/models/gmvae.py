@@ -148,6 +148,11 @@ class GMVAE(Module):
                         "activation": activation, "prior_spread": self.prior_spread,
                         "beta": self.beta, "seed": self.seed, "dtype": dt.name}
 
+    def __repr__(self):
+        return (f"GMVAE(x_dim={self.x_dim}, n_components={self.n_components}, z_dim={self.z_dim}, "
+                f"hidden={self.hidden}, activation={self.activation!r}, beta={self.beta}, "
+                f"dtype={self.dtype.name})")
+
     # -- the model contract ----------------------------------------------------------------------
 
     @property
