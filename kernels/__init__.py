@@ -8,6 +8,11 @@ Dispatch follows the array type: CuPy arrays go to ``cuda``; NumPy arrays go to 
 Numba is installed, else to ``reference``.  Override it for one call with ``backend=...`` or for
 the whole process with the environment variable ``NPLVM_KERNELS`` (``reference``, ``cpu``,
 ``cuda`` or ``auto``).  Every kernel's signature and meaning is documented in reference.py.
+
+``cuda`` needs CuPy arrays: asking for it with NumPy arrays is an error that says so (CuPy is
+only ever imported when a CuPy array shows up, so nplvm runs without cupy, or without a GPU).
+The shapes and dtypes of the inputs are checked here, once, for every backend.
+``matmul_tiled`` is the hand-tiled matmul of each backend (a teaching kernel; BLAS is faster).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import os
 from . import reference
 
 BACKENDS = ("reference", "cpu", "cuda")
-KERNELS = ("bernoulli_nll", "gaussian_kl_std", "gaussian_kl", "matmul",
+KERNELS = ("bernoulli_nll", "gaussian_kl_std", "gaussian_kl", "matmul", "matmul_tiled",
            "linear_forward", "linear_backward", "adam_step")
 
 _modules = {"reference": reference}
@@ -53,6 +58,9 @@ def resolve_backend(*arrays, backend=None) -> str:
         return "cuda" if on_gpu else ("cpu" if _module("cpu") is not None else "reference")
     if on_gpu and choice != "cuda":
         raise TypeError(f"kernel backend {choice!r} was requested but the arrays are CuPy arrays")
+    if choice == "cuda" and not on_gpu:
+        raise TypeError("kernel backend 'cuda' needs CuPy arrays (cupy.asarray(...)), got NumPy "
+                        "arrays; use backend='cpu' or 'reference', or NPLVM_KERNELS=auto")
     if choice != "reference" and _module(choice) is None:
         raise ImportError(f"kernel backend {choice!r} is unavailable: {_import_errors[choice]!r}")
     return choice
@@ -63,21 +71,51 @@ def get(name, *arrays, backend=None):
     be = resolve_backend(*arrays, backend=backend)
     fn = getattr(_modules[be], name, None)
     # A backend may leave a kernel to the reference (say, matmul where BLAS measures faster).
-    return fn if fn is not None else getattr(reference, name)
+    if fn is None:
+        fn = reference.matmul if name == "matmul_tiled" else getattr(reference, name)
+    return fn
+
+
+def _check_rows(names, arrays, weight=None):
+    """All arrays (N, D) of one shape, the first of a float dtype; weight None, scalar or (N,)."""
+    a0 = arrays[0]
+    if getattr(a0, "ndim", None) != 2:
+        raise ValueError(f"expected {names[0]} of shape (N, D), got shape {getattr(a0, 'shape', type(a0).__name__)}")
+    if a0.dtype.kind != "f":
+        raise TypeError(f"expected {names[0]} with dtype float32 or float64, got {a0.dtype}")
+    for name, a in zip(names[1:], arrays[1:]):
+        if getattr(a, "shape", None) != a0.shape:
+            raise ValueError(f"expected {name} of shape {tuple(a0.shape)} like {names[0]}, "
+                             f"got {getattr(a, 'shape', type(a).__name__)}")
+    if weight is not None:
+        shape = getattr(weight, "shape", ())
+        if shape not in ((), (a0.shape[0],)):
+            raise ValueError(f"expected weight to be a scalar or of shape ({a0.shape[0]},), got {shape}")
+
+
+def _check_linear(x, W, b):
+    if getattr(x, "ndim", None) != 2 or getattr(W, "ndim", None) != 2 or x.shape[1] != W.shape[0]:
+        raise ValueError(f"expected x (N, I) and W (I, O), got {getattr(x, 'shape', None)} and "
+                         f"{getattr(W, 'shape', None)}")
+    if b is not None and getattr(b, "shape", None) != (W.shape[1],):
+        raise ValueError(f"expected b of shape ({W.shape[1]},), got {getattr(b, 'shape', None)}")
 
 
 def bernoulli_nll(x, logits, weight=None, *, backend=None):
     """-log Bern(x | sigmoid(logits)) per row and its gradient; see reference.bernoulli_nll."""
+    _check_rows(("logits", "x"), (logits, x), weight)
     return get("bernoulli_nll", x, logits, backend=backend)(x, logits, weight)
 
 
 def gaussian_kl_std(mu, logvar, weight=None, *, backend=None):
     """KL(N(mu, e^logvar) || N(0, I)) per row and its gradients; see reference.gaussian_kl_std."""
+    _check_rows(("mu", "logvar"), (mu, logvar), weight)
     return get("gaussian_kl_std", mu, logvar, backend=backend)(mu, logvar, weight)
 
 
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, weight=None, *, backend=None):
     """KL between two diagonal Gaussians per row and its four gradients; see reference.gaussian_kl."""
+    _check_rows(("mu_q", "logvar_q", "mu_p", "logvar_p"), (mu_q, logvar_q, mu_p, logvar_p), weight)
     return get("gaussian_kl", mu_q, logvar_q, mu_p, logvar_p, backend=backend)(
         mu_q, logvar_q, mu_p, logvar_p, weight)
 
@@ -87,16 +125,32 @@ def matmul(a, b, *, backend=None):
     return get("matmul", a, b, backend=backend)(a, b)
 
 
+def matmul_tiled(a, b, *, backend=None):
+    """(M, K) @ (K, N) by the backend's hand-tiled kernel (the reference has none: a @ b)."""
+    if getattr(a, "ndim", None) != 2 or getattr(b, "ndim", None) != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"expected a (M, K) and b (K, N), got {getattr(a, 'shape', None)} and "
+                         f"{getattr(b, 'shape', None)}")
+    return get("matmul_tiled", a, b, backend=backend)(a, b)
+
+
 def linear_forward(x, W, b, act="identity", *, backend=None):
     """y = act(x @ W + b); see reference.linear_forward."""
+    _check_linear(x, W, b)
     return get("linear_forward", x, W, b, backend=backend)(x, W, b, act)
 
 
 def linear_backward(dy, x, W, y, act="identity", need_dx=True, *, backend=None):
     """(dx, dW, db) of the fused layer; see reference.linear_backward."""
+    _check_linear(x, W, None)
+    if getattr(dy, "shape", None) != (x.shape[0], W.shape[1]) or getattr(y, "shape", None) != dy.shape:
+        raise ValueError(f"expected dy and y of shape ({x.shape[0]}, {W.shape[1]}), got "
+                         f"{getattr(dy, 'shape', None)} and {getattr(y, 'shape', None)}")
     return get("linear_backward", dy, x, W, y, backend=backend)(dy, x, W, y, act, need_dx)
 
 
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, t, *, backend=None):
     """One in-place Adam update with denormal flushing; see reference.adam_step."""
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        if getattr(a, "shape", None) != p.shape:
+            raise ValueError(f"expected {name} of shape {p.shape} like p, got {getattr(a, 'shape', None)}")
     return get("adam_step", p, g, m, v, backend=backend)(p, g, m, v, lr, beta1, beta2, eps, t)

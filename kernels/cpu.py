@@ -1,0 +1,519 @@
+"""The CPU backend: Numba kernels that make one pass over memory where NumPy would make several.
+
+Every public function here has the signature and the meaning of its twin in ``reference.py``
+(read that first: it is the definition).  What changes is *how* the work is done:
+
+* **Fused single pass.**  ``reference.bernoulli_nll`` walks the logits about ten times
+  (abs, exp, log1p, maximum, a product, a sum, a where, ...), each pass allocating an (N, D)
+  temporary.  Here one loop reads each logit once and writes the value and the gradient together.
+* **Vectorizable float32 math.**  The pip build of Numba has no SVML, so ``math.exp`` inside a
+  loop is a scalar libm call (~3 ns) and ``math.log1p`` worse (~10 ns): slower than NumPy's own
+  SIMD ``exp``.  In float32 we therefore use ``exp32`` and ``log1p01_32`` below, short polynomials
+  made only of +, *, / and a bit-cast, which LLVM turns into AVX-512 code.  Their accuracy is
+  measured in tests/test_kernels.py over dense sweeps (within 3 ulp of the correctly rounded
+  float32 result).  float64, the dtype of gradient checks, keeps libm: it matches the reference
+  to ~1e-15 relative.
+* **Two threads.**  Large kernels are ``parallel=True`` over rows (``prange``); small ones stay
+  serial because waking a thread costs more than they do.
+* **BLAS for products.**  ``matmul`` and the products inside ``linear_*`` call ``np.dot``
+  (OpenBLAS): it measures ~5x faster than the hand-tiled ``matmul_tiled`` below (see
+  ``python -m kernels.bench``), so the layer fuses only the cheap elementwise tail (bias +
+  activation forward; activation derivative + bias gradient backward) into one pass.
+
+Compilation: ``cache=True`` stores the machine code next to this file (``__pycache__``), so only
+the first run pays the JIT.  The wrappers cast every array to the float dtype of the main input,
+so each kernel is only ever compiled for float32 and float64.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .reference import ACTIVATIONS
+
+# fastmath flags that let LLVM vectorize reductions and fuse a*b+c, while keeping IEEE inf/NaN
+# semantics ('nnan'/'ninf' are deliberately absent: a NaN loss must stay a NaN loss).
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+# error_model="numpy": a division by zero gives inf like NumPy, instead of a Python exception
+# check inside the loop (that check alone stops vectorization).
+_JIT = dict(cache=True, fastmath=_FAST, error_model="numpy", nogil=True)
+
+f32 = np.float32
+
+# ------------------------------------------------------------------------------------------
+# float32 exp and log1p from +, *, / only (vectorizable without SVML)
+# ------------------------------------------------------------------------------------------
+_LOG2E = f32(1.4426950408889634)
+_LN2_HI = f32(0.693359375)            # ln 2 split in two so k*LN2_HI is exact (Cody & Waite)
+_LN2_LO = f32(-2.12194440e-4)
+_EXP_HI = f32(88.72283)               # exp(x) overflows float32 above this
+_EXP_LO = f32(-87.0)                  # below this exp(x) < 1.7e-38: flushed to 0 (no denormals)
+
+
+@njit(inline="always", **_JIT)
+def exp32(x):
+    """exp(x) in float32: exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln(2)/2.
+
+    exp(r) by its Taylor series to r^8/8! (truncation < 6e-9 relative for |r| <= 0.347), 2^k
+    built by writing k + 127 into the exponent bits.  Returns 0 for x < -87 (the true value is
+    below 1.7e-38) and inf for x > 88.72; NaN in, NaN out.
+    """
+    k = math.floor(x * _LOG2E + f32(0.5))
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    p = f32(1 / 5040) + r * f32(1 / 40320)          # Horner form of sum_{n<=8} r^n / n!
+    p = f32(1 / 720) + r * p
+    p = f32(1 / 120) + r * p
+    p = f32(1 / 24) + r * p
+    p = f32(1 / 6) + r * p
+    p = f32(0.5) + r * p
+    p = f32(1.0) + r * p
+    p = f32(1.0) + r * p
+    ki = np.int32(min(max(k, f32(-126.0)), f32(127.0)))  # 2^128 is not a float32: k = 128
+    two_k = np.int32((ki + 127) << 23).view(np.float32)   # (x > 88.38) is done as 2 * 2^127
+    y = (p * f32(2.0) if k > f32(127.0) else p) * two_k
+    y = f32(np.inf) if x > _EXP_HI else y
+    return f32(0.0) if x < _EXP_LO else y
+
+
+@njit(inline="always", **_JIT)
+def log1p01_32(e):
+    """log(1 + e) in float32 for 0 <= e <= 1, accurate to a few ulp relative even for tiny e.
+
+    log(1 + e) = 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...),  s = e / (2 + e) in [0, 1/3];
+    with s^2 <= 1/9 the series cut after s^15/15 errs by < 2e-9 relative.
+    """
+    s = e / (f32(2.0) + e)
+    s2 = s * s
+    q = f32(1 / 13) + s2 * f32(1 / 15)
+    q = f32(1 / 11) + s2 * q
+    q = f32(1 / 9) + s2 * q
+    q = f32(1 / 7) + s2 * q
+    q = f32(1 / 5) + s2 * q
+    q = f32(1 / 3) + s2 * q
+    q = f32(1.0) + s2 * q
+    return f32(2.0) * s * q
+
+
+@njit(**_JIT)
+def _exp32_array(x, out):
+    """exp32 over a 1-D array (for the accuracy tests and the benchmark)."""
+    for i in range(x.shape[0]):
+        out[i] = exp32(x[i])
+
+
+@njit(**_JIT)
+def _log1p01_32_array(x, out):
+    """log1p01_32 over a 1-D array (for the accuracy tests)."""
+    for i in range(x.shape[0]):
+        out[i] = log1p01_32(x[i])
+
+
+# ------------------------------------------------------------------------------------------
+# argument handling shared by the wrappers
+# ------------------------------------------------------------------------------------------
+def _float_dtype(a, name):
+    dt = a.dtype
+    if dt != np.float32 and dt != np.float64:
+        raise TypeError(f"expected {name} with dtype float32 or float64, got {dt}")
+    return dt
+
+
+def _as(a, dt):
+    """a as an ndarray of dtype dt (no copy when it already is one)."""
+    return np.asarray(a, dtype=dt)
+
+
+def _row_weights(weight, n, dt):
+    """weight (None, a scalar or an (N,) array) as an (N,) array of dtype dt."""
+    if weight is None:
+        return np.ones(n, dt)
+    w = np.asarray(weight, dtype=dt)
+    if w.ndim == 0:
+        return np.full(n, w, dt)
+    if w.shape != (n,):
+        raise ValueError(f"expected weight to be a scalar or of shape ({n},), got {w.shape}")
+    return w
+
+
+# ------------------------------------------------------------------------------------------
+# Bernoulli negative log-likelihood from logits
+# ------------------------------------------------------------------------------------------
+@njit(parallel=True, **_JIT)
+def _bernoulli_nll_f32(x, l, w, nll, dl):
+    """float32: one pass, exp taken once per logit and reused for softplus and sigmoid.
+
+    e = exp(-|l|) in (0, 1];  softplus(l) = max(l, 0) + log1p(e);
+    sigmoid(l) = 1 / (1 + e) if l >= 0 else e / (1 + e).
+    The row sum is accumulated in float64.
+    """
+    N, D = l.shape
+    for i in prange(N):
+        acc = 0.0
+        wi = w[i]
+        for j in range(D):
+            li = l[i, j]
+            xi = x[i, j]
+            e = exp32(-abs(li))
+            t = f32(1.0) / (f32(1.0) + e)
+            acc += max(li, f32(0.0)) + log1p01_32(e) - xi * li     # softplus(l) - x l
+            sig = t if li >= f32(0.0) else e * t
+            dl[i, j] = wi * (sig - xi)                               # w (sigmoid(l) - x)
+        nll[i] = acc
+
+
+@njit(parallel=True, **_JIT)
+def _bernoulli_nll_libm(x, l, w, nll, dl):
+    """Any float dtype (used for float64): the same pass with libm exp/log1p."""
+    N, D = l.shape
+    for i in prange(N):
+        acc = 0.0
+        wi = w[i]
+        for j in range(D):
+            li = l[i, j]
+            xi = x[i, j]
+            e = math.exp(-abs(li))
+            t = 1.0 / (1.0 + e)
+            acc += max(li, 0.0) + math.log1p(e) - xi * li
+            sig = t if li >= 0.0 else e * t
+            dl[i, j] = wi * (sig - xi)
+        nll[i] = acc
+
+
+def bernoulli_nll(x, logits, weight=None):
+    """-log Bern(x | sigmoid(logits)) per row and its gradient; see reference.bernoulli_nll.
+
+    x, logits: (N, D).  Returns nll (N,), dnll/dlogits (N, D), in the dtype of logits.
+    """
+    dt = _float_dtype(logits, "logits")
+    x = _as(x, dt)
+    N, D = logits.shape
+    nll = np.empty(N, dt)
+    dl = np.empty((N, D), dt)
+    w = _row_weights(weight, N, dt)
+    (_bernoulli_nll_f32 if dt == np.float32 else _bernoulli_nll_libm)(x, logits, w, nll, dl)
+    return nll, dl
+
+
+# ------------------------------------------------------------------------------------------
+# KL divergences between diagonal Gaussians (small: (N, 32..50), so serial)
+# ------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def _gaussian_kl_std_kernel(mu, s, w, kl, dmu, ds, fast):
+    """KL(N(mu, e^s) || N(0, 1)) = 1/2 (e^s + mu^2 - 1 - s), summed over D; float64 accumulator."""
+    N, D = mu.shape
+    half = mu.dtype.type(0.5)
+    one = mu.dtype.type(1.0)
+    for i in range(N):
+        acc = 0.0
+        wi = w[i]
+        for j in range(D):
+            m = mu[i, j]
+            sij = s[i, j]
+            var = exp32(sij) if fast else math.exp(sij)               # e^s
+            acc += var + m * m - one - sij
+            dmu[i, j] = wi * m                                          # d/dmu = mu
+            ds[i, j] = wi * half * (var - one)                          # d/ds = (e^s - 1) / 2
+        kl[i] = 0.5 * acc
+
+
+def gaussian_kl_std(mu, logvar, weight=None):
+    """KL(N(mu, diag e^logvar) || N(0, I)) per row and its gradients; see reference.gaussian_kl_std.
+
+    mu, logvar: (N, D).  Returns kl (N,), dkl/dmu (N, D), dkl/dlogvar (N, D).
+    """
+    dt = _float_dtype(mu, "mu")
+    logvar = _as(logvar, dt)
+    N, D = mu.shape
+    kl = np.empty(N, dt)
+    dmu = np.empty((N, D), dt)
+    ds = np.empty((N, D), dt)
+    _gaussian_kl_std_kernel(mu, logvar, _row_weights(weight, N, dt), kl, dmu, ds, dt == np.float32)
+    return kl, dmu, ds
+
+
+@njit(**_JIT)
+def _gaussian_kl_kernel(m, s, n, t, w, kl, dm, ds, dn, dt_, fast):
+    """KL(N(m, e^s) || N(n, e^t)) = 1/2 (t - s + (e^s + (m - n)^2) e^-t - 1), summed over D."""
+    N, D = m.shape
+    half = m.dtype.type(0.5)
+    one = m.dtype.type(1.0)
+    for i in range(N):
+        acc = 0.0
+        wi = w[i]
+        for j in range(D):
+            sij = s[i, j]
+            tij = t[i, j]
+            inv_var_p = exp32(-tij) if fast else math.exp(-tij)           # e^-t
+            ratio = exp32(sij - tij) if fast else math.exp(sij - tij)    # e^(s-t) = var_q / var_p
+            diff = m[i, j] - n[i, j]
+            d2 = diff * diff * inv_var_p                                  # (m - n)^2 e^-t
+            acc += tij - sij + ratio + d2 - one
+            g = wi * diff * inv_var_p
+            dm[i, j] = g                                                  # (m - n) e^-t
+            dn[i, j] = -g
+            ds[i, j] = wi * half * (ratio - one)                          # (e^(s-t) - 1) / 2
+            dt_[i, j] = wi * half * (one - ratio - d2)                    # (1 - e^(s-t) - d2) / 2
+        kl[i] = 0.5 * acc
+
+
+def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, weight=None):
+    """KL between two diagonal Gaussians per row and its four gradients; see reference.gaussian_kl.
+
+    All inputs (N, D).  Returns kl (N,), d/dmu_q, d/dlogvar_q, d/dmu_p, d/dlogvar_p (each (N, D)).
+    """
+    dt = _float_dtype(mu_q, "mu_q")
+    logvar_q, mu_p, logvar_p = _as(logvar_q, dt), _as(mu_p, dt), _as(logvar_p, dt)
+    N, D = mu_q.shape
+    kl = np.empty(N, dt)
+    grads = [np.empty((N, D), dt) for _ in range(4)]
+    _gaussian_kl_kernel(mu_q, logvar_q, mu_p, logvar_p, _row_weights(weight, N, dt), kl, *grads,
+                        dt == np.float32)
+    return (kl, *grads)
+
+
+# ------------------------------------------------------------------------------------------
+# Matrix product: BLAS, and the hand-tiled kernel a student reads to see how it is made fast
+# ------------------------------------------------------------------------------------------
+def matmul(a, b):
+    """(M, K) @ (K, N) -> (M, N) by BLAS (np.dot): it measures faster than matmul_tiled."""
+    return np.dot(a, b)
+
+
+# Block sizes, in elements.  A (MC x KC) panel of A, a (KC x NC) panel of B and an (MC x NC) tile
+# of C are worked on together; NC float32 = 512 bytes per row, so four rows of C plus one row of
+# B (5 x 512 B) sit in L1 during the innermost loop, and the B panel (KC x NC x 4 B = 128 KiB)
+# stays in L2 while all MC rows of the A panel stream past it.
+MC, KC, NC = 32, 256, 128
+MR = 4          # rows of C updated together: each element of B loaded once feeds MR FMAs
+
+
+@njit(parallel=True, **_JIT)
+def _matmul_tiled_kernel(A, B, C):
+    """C += A @ B, blocked for the cache hierarchy (C zeroed by the caller).
+
+    Naive i-j-k order walks a column of B for every C[i, j]: one cache line per multiply-add.
+    Here the loops are reordered to i-k-j ("for each row i of C, add A[i, k] times row k of B"),
+    so the innermost loop runs along *rows* of B and C, contiguous in memory, and LLVM turns it
+    into 16-wide FMA instructions.  Blocking (MC, KC, NC) keeps the working set in cache, and
+    MR = 4 rows of C are updated per row of B loaded (register/L1 reuse).  The row blocks of C
+    are independent, so they are shared between threads with prange.
+    """
+    M, K = A.shape
+    N = B.shape[1]
+    for ib in prange((M + MC - 1) // MC):
+        i0 = ib * MC
+        i1 = min(i0 + MC, M)
+        for j0 in range(0, N, NC):
+            j1 = min(j0 + NC, N)
+            nc = j1 - j0
+            for k0 in range(0, K, KC):
+                k1 = min(k0 + KC, K)
+                i = i0
+                while i + MR <= i1:                         # MR rows at a time
+                    c0 = C[i, j0:j1]
+                    c1 = C[i + 1, j0:j1]
+                    c2 = C[i + 2, j0:j1]
+                    c3 = C[i + 3, j0:j1]
+                    for k in range(k0, k1):
+                        a0 = A[i, k]
+                        a1 = A[i + 1, k]
+                        a2 = A[i + 2, k]
+                        a3 = A[i + 3, k]
+                        b = B[k, j0:j1]
+                        for j in range(nc):                 # contiguous: vectorized
+                            bj = b[j]
+                            c0[j] += a0 * bj
+                            c1[j] += a1 * bj
+                            c2[j] += a2 * bj
+                            c3[j] += a3 * bj
+                    i += MR
+                for r in range(i, i1):                      # the < MR rows left over
+                    c = C[r, j0:j1]
+                    for k in range(k0, k1):
+                        a = A[r, k]
+                        b = B[k, j0:j1]
+                        for j in range(nc):
+                            c[j] += a * b[j]
+
+
+def matmul_tiled(a, b):
+    """(M, K) @ (K, N) -> (M, N) by the hand-tiled Numba kernel (a teaching kernel; see bench)."""
+    dt = _float_dtype(a, "a")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"expected a (M, K) and b (K, N), got {a.shape} and {b.shape}")
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b, dtype=dt)
+    c = np.zeros((a.shape[0], b.shape[1]), dt)
+    _matmul_tiled_kernel(a, b, c)
+    return c
+
+
+# ------------------------------------------------------------------------------------------
+# The fused linear layer: BLAS product + one pass for bias and activation (and back)
+# ------------------------------------------------------------------------------------------
+_ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
+_IDENTITY, _RELU, _TANH, _SIGMOID, _SOFTPLUS, _ELU = (_ACT_CODE[a] for a in ACTIVATIONS)
+
+
+def _act_code(act):
+    try:
+        return _ACT_CODE[act]
+    except KeyError:
+        raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}") from None
+
+
+@njit(inline="always", **_JIT)
+def _activate_scalar(h, act, fast):
+    """act(h) for one element; ``act`` is an index into ACTIVATIONS (constant across the loop)."""
+    zero = type(h)(0.0)
+    one = type(h)(1.0)
+    if act == _RELU:
+        return max(h, zero)
+    if act == _TANH:
+        return math.tanh(h)
+    if act == _SIGMOID or act == _SOFTPLUS:
+        e = exp32(-abs(h)) if fast else math.exp(-abs(h))             # e = exp(-|h|)
+        if act == _SOFTPLUS:
+            return max(h, zero) + (log1p01_32(e) if fast else math.log1p(e))
+        t = one / (one + e)
+        return t if h >= zero else e * t
+    if act == _ELU:
+        return h if h > zero else math.expm1(min(h, zero))
+    return h
+
+
+@njit(parallel=True, **_JIT)
+def _bias_act_inplace(h, b, act, fast):
+    """h <- act(h + b) in one pass over h (N, O); b (O,)."""
+    N, O = h.shape
+    for i in prange(N):
+        for j in range(O):
+            h[i, j] = _activate_scalar(h[i, j] + b[j], act, fast)
+
+
+@njit(inline="always", **_JIT)
+def _act_grad_scalar(y, act):
+    """d act(h)/dh from the output y = act(h) (see reference.activation_grad_from_output)."""
+    zero = type(y)(0.0)
+    one = type(y)(1.0)
+    if act == _RELU:
+        return one if y > zero else zero
+    if act == _TANH:
+        return one - y * y
+    if act == _SIGMOID:
+        return y * (one - y)
+    if act == _SOFTPLUS:
+        return -math.expm1(-y)
+    if act == _ELU:
+        return one if y > zero else y + one
+    return one
+
+
+@njit(parallel=True, **_JIT)
+def _act_backward(dy, y, act, dh, db_parts):
+    """dh = dy * act'(y) and the bias gradient sum_n dh in one pass.
+
+    Rows are split into one chunk per thread; each chunk writes its own partial column sums
+    (no two threads touch the same memory), added up by the caller.
+    """
+    N, O = dy.shape
+    P = db_parts.shape[0]
+    for p in prange(P):
+        part = db_parts[p]
+        for i in range(p * N // P, (p + 1) * N // P):
+            for j in range(O):
+                g = dy[i, j] * _act_grad_scalar(y[i, j], act)
+                dh[i, j] = g
+                part[j] += g
+
+
+def linear_forward(x, W, b, act="identity"):
+    """y = act(x @ W + b); see reference.linear_forward.  x: (N, I), W: (I, O), b: (O,) -> (N, O)."""
+    code = _act_code(act)
+    dt = _float_dtype(x, "x")
+    h = np.dot(x, _as(W, dt))                       # BLAS
+    _bias_act_inplace(h, _as(b, dt), code, dt == np.float32)
+    return h
+
+
+def linear_backward(dy, x, W, y, act="identity", need_dx=True):
+    """(dx, dW, db) of the fused layer; see reference.linear_backward.
+
+    dy, y: (N, O); x: (N, I); W: (I, O).  Returns dx (N, I) or None, dW (I, O), db (O,).
+    """
+    code = _act_code(act)
+    dt = _float_dtype(dy, "dy")
+    x, W = _as(x, dt), _as(W, dt)
+    if code == _IDENTITY:
+        dh = dy
+        db = dy.sum(axis=0)
+    else:
+        N, O = dy.shape
+        dh = np.empty((N, O), dt)
+        parts = np.zeros((2 if N >= 64 else 1, O), dt)
+        _act_backward(dy, _as(y, dt), code, dh, parts)
+        db = parts.sum(axis=0)
+    dW = np.dot(x.T, dh)                            # BLAS: h = x W + b  =>  dW = x^T dh
+    dx = np.dot(dh, W.T) if need_dx else None       # dx = dh W^T
+    return dx, dW, db
+
+
+# ------------------------------------------------------------------------------------------
+# Adam
+# ------------------------------------------------------------------------------------------
+@njit(inline="always", **_JIT)
+def _adam_range(p, g, m, v, beta1, beta2, c1, c2, step, eps_hat, tiny, start, stop):
+    """The Adam update of entries start..stop-1 of flat p, g, m, v; see reference.adam_step.
+
+    c1 = 1 - beta1 and c2 = 1 - beta2 come in precomputed in float64: 1 - 0.999 in float32
+    is off by 1.3e-5 relative (0.999 is not a float32), a bias every step would inherit.
+    """
+    zero = p.dtype.type(0.0)
+    for i in range(start, stop):
+        gi = g[i]
+        mi = beta1 * m[i] + c1 * gi                 # m <- b1 m + (1 - b1) g
+        vi = beta2 * v[i] + c2 * (gi * gi)          # v <- b2 v + (1 - b2) g^2
+        mi = zero if abs(mi) < tiny else mi         # flush denormals to zero
+        vi = zero if vi < tiny else vi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step * mi / (math.sqrt(vi) + eps_hat)
+
+
+_ADAM_CHUNK = 1 << 14     # below this many parameters one thread is faster than waking another
+
+
+@njit(parallel=True, **_JIT)
+def _adam_parallel(p, g, m, v, beta1, beta2, c1, c2, step, eps_hat, tiny):
+    """Chunks of _ADAM_CHUNK entries shared between threads."""
+    P = p.shape[0]
+    for c in prange((P + _ADAM_CHUNK - 1) // _ADAM_CHUNK):
+        _adam_range(p, g, m, v, beta1, beta2, c1, c2, step, eps_hat, tiny,
+                    c * _ADAM_CHUNK, min((c + 1) * _ADAM_CHUNK, P))
+
+
+@njit(**_JIT)
+def _adam_serial(p, g, m, v, beta1, beta2, c1, c2, step, eps_hat, tiny):
+    """The same on one thread (small parameters, e.g. biases)."""
+    _adam_range(p, g, m, v, beta1, beta2, c1, c2, step, eps_hat, tiny, 0, p.shape[0])
+
+
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):
+    """One in-place Adam update with denormal flushing; see reference.adam_step.
+
+    p, g, m, v: arrays of one shape and float dtype; p, m, v are updated in place.
+    Falls back to the reference for arrays that are not C-contiguous (no flat view exists).
+    """
+    dt = _float_dtype(p, "p")
+    if not all(isinstance(a, np.ndarray) and a.dtype == dt and a.flags.c_contiguous for a in (p, m, v)) \
+            or g.shape != p.shape:
+        from . import reference
+        return reference.adam_step(p, g, m, v, lr, beta1, beta2, eps, t)
+    bc2 = math.sqrt(1.0 - beta2 ** t)               # sqrt of the bias correction of v
+    step = lr * bc2 / (1.0 - beta1 ** t)
+    ty = dt.type
+    kernel = _adam_parallel if p.size > 2 * _ADAM_CHUNK else _adam_serial
+    kernel(p.reshape(-1), np.ascontiguousarray(g, dtype=dt).reshape(-1), m.reshape(-1),
+                 v.reshape(-1), ty(beta1), ty(beta2), ty(1.0 - beta1), ty(1.0 - beta2), ty(step), ty(eps * bc2), ty(np.finfo(dt).tiny))
