@@ -23,6 +23,7 @@ normalized_weights(log_w, axis=0)          w~_i = w_i / sum_j w_j (a softmax of 
 effective_sample_size(log_w, axis=0)       1 / sum_i w~_i^2, between 1 and k
 bounds_for_ks(log_w, ks)                   unbiased estimates of L_k for several k from one draw
 importance_sampled_log_px(model, x, K, batch, rng, max_rows)   (N,) IS estimates, memory bounded
+sample_log_weights(model, x, K, rng, max_rows)   all (K, N) log weights, drawn in bounded chunks
 nelbo(model, x, rng, batch)                mean -L_1 from log_weights with K = 1
 mean_loss(model, x, rng, batch)            the training objective averaged over a data set
 elbo_presentations(log_px_z, log_pz, log_qz, ...)   the three ways to write the ELBO, numerically
@@ -43,7 +44,7 @@ from .distributions import logsumexp, softmax
 
 __all__ = [
     "iwae_bound", "normalized_weights", "effective_sample_size", "bounds_for_ks",
-    "importance_sampled_log_px", "nelbo", "mean_loss", "elbo_presentations",
+    "importance_sampled_log_px", "sample_log_weights", "nelbo", "mean_loss", "elbo_presentations",
     "score_function_gradient", "reparameterization_gradient", "estimator_summary",
 ]
 
@@ -165,6 +166,21 @@ def importance_sampled_log_px(model, x, K=5000, batch=100, rng=0, max_rows=20000
         if progress is not None:
             progress(sl.stop, n)
     return out
+
+
+def sample_log_weights(model, x, K, rng=0, max_rows=20000):
+    """All K log weights per example, (K, N) float64, from ``log_weights`` calls of at most
+    ``max_rows`` (sample, example) rows each; the same draws as one call with all K (sample-major
+    noise).  Keep N small: the result itself is K x N."""
+    g = make_rng(rng)
+    n = x.shape[0]
+    chunk = max(1, int(max_rows) // max(n, 1))
+    parts, done = [], 0
+    while done < K:
+        c = min(chunk, K - done)
+        parts.append(np.asarray(to_numpy(model.log_weights(x, c, g)), dtype=np.float64))
+        done += c
+    return np.concatenate(parts, axis=0)
 
 
 def nelbo(model, x, rng=0, batch=500):

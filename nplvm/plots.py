@@ -13,7 +13,7 @@ learning_curves(runs, path, keys=("train_nelbo", "valid_nelbo"), ...)  NELBO per
 latent_grid(n=20, lo=0.05, hi=0.95) -> (n*n, 2)                        z on the inverse normal CDF
 latent_manifold(decode, path, n=20, shape=(28, 28), title=None)        decoded grid (Kingma & Welling fig. 4)
 latent_scatter(z, labels, path, title=None)                            encoded points colored by digit
-line_plot(x, series, path, xlabel, ylabel, title=None, logx=False, bands=None)
+line_plot(x, series, path, xlabel, ylabel, title=None, logx=False, logy=False, bands=None)
 histograms(samples, path, xlabel, title=None, bins=60)
 """
 from __future__ import annotations
@@ -149,7 +149,7 @@ def latent_scatter(z, labels, path, title="Encoded test set (posterior means)"):
     return _save(fig, path)
 
 
-def line_plot(x, series, path, xlabel, ylabel, title=None, logx=False, bands=None, hline=None):
+def line_plot(x, series, path, xlabel, ylabel, title=None, logx=False, bands=None, hline=None, logy=False):
     """Several curves over one x: series = {label: y}; bands = {label: half-width} shades y +- band;
     hline = (value, label) draws a horizontal reference line."""
     fig = Figure(figsize=(6, 4), dpi=100)
@@ -165,6 +165,8 @@ def line_plot(x, series, path, xlabel, ylabel, title=None, logx=False, bands=Non
         ax.axhline(hline[0], color="k", ls="--", lw=1, label=hline[1])
     if logx:
         ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -1,0 +1,154 @@
+"""Lesson 03: a variational autoencoder on MNIST, trained with a hand-written backward pass.
+
+The model (lecture notes 002, "Variational Autoencoder"; E = x the image, H = z the code):
+
+    p(z) = N(0, I),   p_theta(x|z) = prod_d Bern(x_d | sigmoid(decoder(z)_d)),
+    q_phi(z|x) = N(mu(x), diag sigma^2(x)),   (mu, log sigma^2) = encoder(x),
+
+trained by minimising the negative ELBO, in nats per image,
+
+    -ELBO(x) = E_q[-log p(x|z)] + KL(q(z|x) || p(z))                              (ELBO-II)
+    KL = 1/2 sum_l (sigma_l^2 + mu_l^2 - 1 - log sigma_l^2)                        (closed form)
+
+with z = mu + sigma * eps, eps ~ N(0, I) (the reparameterization trick), so that the gradient
+with respect to the encoder's outputs is dmu = dz + dKL/dmu, dlogvar = dz eps sigma / 2 + dKL/dlogvar
+(nplvm/models/vae.py, region ``vae-reparam-gradient``).
+
+What this lesson does and checks:
+
+ 1. the whole model's gradient against finite differences in float64 (every parameter);
+ 2. trains a 20-D VAE on the offline MNIST subset; learning curves, reconstructions, samples;
+ 3. the three presentations of the ELBO agree (notes 001): E_q log p(x,z) + H[q] (I) =
+    E_q log p(x|z) - KL (II) = log p(x) - KL(q || p(z|x)) (III), with log p(x) estimated by
+    importance sampling, and the gap log p(x) - ELBO = KL(q || p(z|x)) >= 0;
+ 4. the closed-form KL against its Monte Carlo estimate log q(z|x) - log p(z);
+ 5. a 2-D latent VAE: the decoded manifold over a grid of z = Phi^-1(u) (Kingma & Welling's
+    figure 4, "manifold learning" in the notes) and the encoded test set colored by digit.
+
+Run:  python lessons/03_vae_mnist.py [--quick] [--out DIR] [--seed N] [--epochs E]
+(about two minutes on two cores; --quick: seconds).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402  (puts the repository root on sys.path)
+import numpy as np  # noqa: E402
+
+from nplvm import objectives, plots  # noqa: E402
+from nplvm.data import load_dataset  # noqa: E402
+from nplvm.gradcheck import check_model  # noqa: E402
+from nplvm.models.vae import VAE  # noqa: E402
+from nplvm.optim import Adam  # noqa: E402
+from nplvm.train import fit  # noqa: E402
+
+GRAD_TOL = 1e-5          # central differences (eps 1e-5) on a loss of ~500 nats: rounding ~1e-6 relative
+N_SE = 5.0
+
+
+def extra_args(p):
+    p.add_argument("--epochs", type=int, default=None, help="epochs for each model (default 60; quick 3)")
+    p.add_argument("--data", default="offline", help="data source (default: the offline MNIST subset)")
+
+
+def train(model, x_train, x_valid, epochs, seed, lr=1e-3, batch_size=100):
+    t0 = time.perf_counter()
+    history = fit(model, Adam(lr), x_train, x_valid, epochs=epochs, batch_size=batch_size, seed=seed,
+                  progress=False, log=None)
+    last = history[-1]
+    print(f"  {epochs} epochs in {time.perf_counter() - t0:.1f} s: train NELBO {last['train_nelbo']:.2f}, "
+          f"valid NELBO {last['valid_nelbo']:.2f} nats per image")
+    return history
+
+
+def main(argv=None):
+    args = C.parse_args(argv, __doc__, __file__, extra_args)
+    quick = args.quick
+    epochs = args.epochs or C.quick_or(args, 3, 60)
+    table = C.CheckTable("Lesson 03: the VAE on MNIST")
+    figures, numbers = [], {}
+    rng = np.random.default_rng(args.seed)
+
+    # -- 1. the gradient of the whole model, float64, fixed noise --------------------------------
+    small = VAE(x_dim=784, hidden=[6, 5], latent=2, activation="tanh", dtype="float64", seed=args.seed)
+    xs = load_dataset(args.data).test[:4].astype(np.float64)
+    rep = check_model(small, xs, seed=args.seed, eps=1e-5, max_entries_per_param=C.quick_or(args, 8, 40))
+    table.add("VAE gradient vs finite differences (max rel. error)", max(rep.values()), 0.0, GRAD_TOL,
+              relation="<=", note="every parameter, a seeded subset of entries; float64")
+
+    # -- 2. a 20-D VAE ------------------------------------------------------------------------------
+    ds = load_dataset(args.data)
+    n_train = C.quick_or(args, 600, len(ds.train))
+    x_train, x_valid = ds.train[:n_train], ds.valid[:C.quick_or(args, 200, len(ds.valid))]
+    x_test, y_test = ds.test, ds.test_labels
+    hidden = C.quick_or(args, [128], [512, 256])
+    print(f"data: {ds!r}; training on {len(x_train)} images")
+    vae = VAE(x_dim=784, hidden=hidden, latent=20, activation="relu", seed=args.seed)
+    print(f"model: {vae!r}")
+    hist = train(vae, x_train, x_valid, epochs, args.seed)
+    table.add("valid NELBO decreases (last epoch <= first)", hist[-1]["valid_nelbo"], hist[0]["valid_nelbo"],
+              0.0, relation="<=")
+    figures.append(str(plots.learning_curves(hist, args.out / "learning_curves.png",
+                                             title="20-D VAE: -ELBO per image")))
+    xr = x_test[:10]
+    figures.append(str(plots.image_grid(np.concatenate([xr, vae.reconstruct(xr)]), args.out / "reconstructions.png",
+                                        nrow=10, title="test images (top) and their reconstructions")))
+    figures.append(str(plots.image_grid(vae.sample(100, rng), args.out / "samples.png", nrow=10,
+                                        title="samples: z ~ N(0, I), Bernoulli means of p(x|z)")))
+
+    # -- 3. the three presentations of the ELBO, and the gap -------------------------------------
+    n_eval = C.quick_or(args, 20, 200)
+    xe = x_test[:n_eval]
+    S, K = C.quick_or(args, 200, 1000), C.quick_or(args, 200, 2000)
+    terms = vae.elbo_terms(xe, rng, S=S)
+    log_px = objectives.importance_sampled_log_px(vae, xe, K=K, batch=50, rng=rng)
+    mc = objectives.elbo_presentations(terms["log_px_z"], terms["log_pz"], terms["log_qz"], log_px=log_px)
+    cf = objectives.elbo_presentations(terms["log_px_z"], terms["log_pz"], terms["log_qz"],
+                                       entropy=terms["entropy"], kl=terms["kl"], log_px=log_px)
+    lw = (terms["log_px_z"] + terms["log_pz"] - terms["log_qz"]).astype(np.float64)
+    se_elbo = lw.std() / np.sqrt(lw.size)
+    I, II, III = (cf["joint_plus_entropy"].mean(), cf["likelihood_minus_kl"].mean(),
+                  mc["evidence_minus_posterior_kl"].mean())
+    print(f"ELBO, three ways (mean over {n_eval} test images, {S} draws each): I {I:.3f}, II {II:.3f}, "
+          f"III {III:.3f}; log p(x) (IS, K = {K}) {log_px.mean():.3f}")
+    table.add("I  E_q log p(x,z) + H[q]  =  II  E_q log p(x|z) - KL", I, II, N_SE * se_elbo,
+              note=f"closed-form H and KL; tol = {N_SE:g} SE of the MC ELBO")
+    table.add("II (closed-form KL)  =  III  log p(x) - KL(q || p(z|x))", II, III, N_SE * se_elbo)
+    table.add("ELBO <= log p(x) (IS estimate)", mc["likelihood_minus_kl"].mean(), log_px.mean(), 0.0,
+              relation="<=", note="the gap is KL(q(z|x) || p(z|x)) >= 0")
+    numbers.update(test_elbo=II, test_log_px=float(log_px.mean()),
+                   posterior_kl=float(mc["posterior_kl"].mean()))
+
+    # -- 4. closed-form KL vs Monte Carlo -------------------------------------------------------
+    kl_mc = (terms["log_qz"] - terms["log_pz"]).astype(np.float64)       # (S, N)
+    table.add("KL closed form = E_q[log q(z|x) - log p(z)]", terms["kl"].mean(), kl_mc.mean(),
+              N_SE * kl_mc.std() / np.sqrt(kl_mc.size), note=f"tol = {N_SE:g} SE")
+
+    # -- 5. a 2-D latent space ------------------------------------------------------------------
+    vae2 = VAE(x_dim=784, hidden=hidden, latent=2, activation="relu", seed=args.seed + 1)
+    print(f"2-D model: {vae2!r}")
+    hist2 = train(vae2, x_train, x_valid, epochs, args.seed + 1)
+    figures.append(str(plots.learning_curves({"20-D": hist, "2-D": hist2}, args.out / "learning_curves_2d_vs_20d.png",
+                                             title="-ELBO per image: 2-D vs 20-D latent")))
+    figures.append(str(plots.latent_manifold(vae2.decode, args.out / "manifold.png", n=C.quick_or(args, 10, 20),
+                                             title="decoder means over z = Phi^-1(u), u on a grid")))
+    mu2, _ = vae2.encode(x_test)
+    figures.append(str(plots.latent_scatter(mu2, y_test, args.out / "latent_scatter.png",
+                                            title="test set encoded (posterior means), colored by digit")))
+    print(f"valid NELBO after {epochs} epochs: 20-D latent {hist[-1]['valid_nelbo']:.2f}, "
+          f"2-D latent {hist2[-1]['valid_nelbo']:.2f} nats per image")
+    numbers.update(valid_nelbo_20d=hist[-1]["valid_nelbo"], valid_nelbo_2d=hist2[-1]["valid_nelbo"])
+
+    print(table)
+    for f in figures:
+        print(f"saved {f}")
+    return {"checks": table.to_dict(), "figures": figures, "numbers": numbers}
+
+
+if __name__ == "__main__":
+    res = main()
+    sys.exit(0 if all(r["ok"] for r in res["checks"].values()) else 1)
