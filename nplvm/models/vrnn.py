@@ -32,6 +32,26 @@ Parameter names: ``phi_x.*``, ``phi_z.*``, ``prior.*``, ``encoder.*``, ``decoder
 Shapes: N images, T steps, D pixels per row, L latent dims, H GRU state, F features.  Inside,
 arrays are time-major, (T, N, .), so step t is the contiguous slice [t] and a computation that
 does not feed the recurrence runs once on all T*N rows at the end of the loop.
+
+What runs where (a training step): phi_x of all T*N rows in one call before the loop (it reads
+data only); inside the forward loop only what the recurrence needs (encoder, z_t, phi_z, GRU);
+after it the prior and the decoder in one call each over all T*N rows, and the two kernels
+(Bernoulli NLL, Gaussian KL) once over everything.  The backward mirrors it: decoder and prior
+backward batched first, then the reverse loop over t (GRU, phi_z, reparameterization, encoder),
+then phi_x backward batched.
+
+Public API
+----------
+VRNN(n_steps=28, row_size=28, n_latent=16, n_hidden=128, n_features=64, n_mlp=128,
+     activation="relu", dtype="float32", seed=0)                       kind "vrnn"
+    .params / .grads                         name -> live array ("rnn.U_c", "encoder.layers.0.W", ...)
+    .loss(x, rng) -> (loss, grads)           x: (N, T*D) binary images or (N, T, D) rows
+    .log_weights(x, K, rng) -> (K, N)        log p(x, z_1:T) - log q(z_1:T | x), whole trajectories
+    .step_terms(x, rng) -> {"nll", "kl"}     (N, T) per-step terms of -ELBO
+    .generate(n, rng) -> (x uint8, probs)    (n, T*D) each, row by row from the prior
+    .complete(x, n_observed, rng) -> (x uint8, probs)   rows > n_observed from the prior
+    .sequences(x) -> (T, N, D)               validated, time-major, model dtype
+    VRNN.add_cli_arguments(parser), VRNN.config_from_args(args)     the command-line hook
 """
 from __future__ import annotations
 
