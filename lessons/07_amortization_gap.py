@@ -1,0 +1,248 @@
+"""Lesson 07: per-datapoint variational inference vs the amortized encoder, and the two gaps.
+
+Lecture notes 004 ("II. Optimization"): with the decoder theta fixed, the E-step of variational EM
+fits a Gaussian q_n(z) = N(mu_n, diag sigma_n^2) to each data point separately,
+
+    mu_n*, sigma_n* = argmax ELBO(theta, q_n) = argmin KL(q_n || p_theta(z|x_n)),        (A. VI)
+
+which costs one optimisation per data point; amortization (B) instead learns one function
+g_phi(x) = (mu_phi(x), sigma_phi(x)) shared by all points, and joint training (C) fits theta and
+phi together -- the VAE.  The amortized q can only be as good as the best q of its family for each
+x, so the distance from log p(x) splits in two (Cremer, Li & Duvenaud, 2018):
+
+    log p(x) - ELBO(q_phi(.|x)) = [log p(x) - ELBO(q*_x)]  +  [ELBO(q*_x) - ELBO(q_phi(.|x))]
+                                   approximation gap          amortization gap
+                                   (the Gaussian family)      (the encoder's error)
+
+where q*_x is the optimal Gaussian for x alone.  Both gaps are >= 0.
+
+This lesson trains a small VAE (joint training, C) on the offline MNIST subset, freezes the
+decoder, and for a handful of test digits runs per-datapoint VI (A) from the encoder's answer with
+the reparameterized gradient of
+
+    ELBO(mu, logvar) = E_eps[log p(x | z = mu + e^(logvar/2) eps)] - KL(N(mu, e^logvar) || N(0, I)),
+
+    d ELBO/d mu     = E[g] - mu,
+    d ELBO/d logvar = E[g * eps * e^(logvar/2) / 2] - (e^logvar - 1)/2,   g = d log p(x|z)/dz,
+
+with g from the decoder's hand-written backward (nn.MLP.backward returns dL/dz).  log p(x) is
+estimated by importance sampling with K samples from q*_x (lesson 06: a lower bound in
+expectation, tight for large K).
+
+Checks: the per-datapoint ELBO gradient against finite differences (float64, eps fixed); the
+amortization gap >= 0 and the approximation gap >= 0, per digit and on average, within standard
+errors; local VI raising the ELBO above the encoder's for the average digit.
+
+EM as coordinate ascent on the ELBO for factor analysis (the E-step makes the bound tight, the
+M-step raises it) is lesson 01's; this lesson is the VAE side of the same picture.
+
+Run:  python lessons/07_amortization_gap.py [--quick] [--out DIR] [--seed N]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402  (puts the repository root on sys.path)
+import numpy as np  # noqa: E402
+
+import kernels  # noqa: E402
+from nplvm.data import load_dataset  # noqa: E402
+from nplvm.distributions import DiagGaussian, std_normal_log_prob  # noqa: E402
+from nplvm.gradcheck import rel_error  # noqa: E402
+from nplvm.models.vae import VAE  # noqa: E402
+from nplvm.objectives import iwae_bound  # noqa: E402
+from nplvm.optim import Adam  # noqa: E402
+from nplvm.train import fit  # noqa: E402
+
+GRAD_TOL = 1e-7
+N_SE = 3.0
+
+
+def as_float64(model):
+    """A float64 copy of a VAE (same config and parameter values)."""
+    m64 = VAE(**{**model.config, "dtype": "float64"})
+    for name, p in model.params.items():
+        m64.params[name][...] = p
+    return m64
+
+
+def local_elbo_and_grad(vae, x, mu, logvar, eps):
+    """Per-datapoint ELBO of q_n = N(mu_n, e^logvar_n) with the decoder fixed, and its gradient.
+
+    x (N, D) float64 binary; mu, logvar (N, L); eps (S, N, L) standard normal (held fixed).
+    Returns elbo (N,) = mean_s log p(x_n|z_sn) - KL_n, and d elbo_n / d mu_n, d logvar_n (N, L).
+    """
+    S, N, L = eps.shape
+    sigma = np.exp(0.5 * logvar)
+    z = mu + sigma * eps                                                # z = mu + sigma eps
+    logits, cache = vae.decoder.forward(z.reshape(S * N, L))
+    xs = np.broadcast_to(x, (S, N, x.shape[1])).reshape(S * N, -1)
+    nll, dlogits = kernels.bernoulli_nll(xs, logits, 1.0 / S)           # -log p(x|z), d/dlogits / S
+    dz_nll = vae.decoder.backward(dlogits, cache).reshape(S, N, L)      # d(mean_s nll)/dz
+    kl, dkl_dmu, dkl_dlogvar = kernels.gaussian_kl_std(mu, logvar)
+    elbo = -nll.reshape(S, N).mean(axis=0) - kl
+    g = -dz_nll                                                          # (1/S) d log p(x|z)/dz
+    dmu = g.sum(axis=0) - dkl_dmu                                        # dz/dmu = 1
+    dlogvar = (g * eps).sum(axis=0) * (0.5 * sigma) - dkl_dlogvar        # dz/dlogvar = eps sigma/2
+    return elbo, dmu, dlogvar
+
+
+def per_sample_elbo(vae, x, mu, logvar, eps):
+    """(S, N) single-sample ELBOs log p(x|z_s) - KL (analytic KL): their mean is the ELBO, their
+    spread gives its standard error.  Common eps makes differences between two q's low-variance."""
+    S, N, L = eps.shape
+    z = mu + np.exp(0.5 * logvar) * eps
+    logits = vae.decoder.forward(z.reshape(S * N, L))[0]
+    xs = np.broadcast_to(x, (S, N, x.shape[1])).reshape(S * N, -1)
+    nll, _ = kernels.bernoulli_nll(xs, logits)
+    kl, _, _ = kernels.gaussian_kl_std(mu, logvar)
+    return -nll.reshape(S, N) - kl
+
+
+def log_weights(vae, x, mu, logvar, K, rng, chunk=500):
+    """log w = log p(x|z) + log p(z) - log q(z) for K draws z ~ N(mu, e^logvar) per row: (K, N)."""
+    q = DiagGaussian(mu, logvar)
+    out = []
+    for start in range(0, K, chunk):
+        c = min(chunk, K - start)
+        z = q.rsample(rng.standard_normal((c,) + mu.shape))             # (c, N, L)
+        logits = vae.decoder.forward(z.reshape(-1, mu.shape[1]))[0]
+        xs = np.broadcast_to(x, (c,) + x.shape).reshape(-1, x.shape[1])
+        nll, _ = kernels.bernoulli_nll(xs, logits)
+        out.append(-nll.reshape(c, -1) + std_normal_log_prob(z) - q.log_prob(z))
+    return np.concatenate(out, axis=0)
+
+
+def main(argv=None):
+    args = C.parse_args(argv, __doc__, __file__)
+    quick = args.quick
+    rng = np.random.default_rng(args.seed)
+    table = C.CheckTable("Lesson 07: per-datapoint VI, amortization and approximation gaps")
+    results = {"figures": []}
+
+    # -- C. joint training: a small VAE -----------------------------------------------------------
+    ds = load_dataset("offline", seed=args.seed)
+    n_train = 1000 if quick else 4000
+    arch = dict(hidden=(64,), latent=4) if quick else dict(hidden=(200,), latent=8)
+    epochs = 4 if quick else 30
+    model = VAE(x_dim=784, activation="tanh", seed=args.seed, **arch)   # tanh: smooth for FD checks
+    fit(model, Adam(1e-3), ds.train[:n_train], epochs=epochs, batch_size=50, seed=args.seed,
+        progress=False, log=None)
+    vae = as_float64(model)
+    n_x = 4 if quick else 16
+    x = ds.test[:n_x].astype(np.float64)
+    L = vae.latent
+    print(f"VAE (hidden {arch['hidden']}, latent {L}) trained {epochs} epochs on {n_train} digits; "
+          f"{n_x} test digits")
+
+    mu_enc, logvar_enc = vae.encode(x)                                   # B. the amortized q
+
+    # -- the per-datapoint gradient against finite differences (eps fixed) ------------------------
+    eps_fd = rng.standard_normal((3, n_x, L))
+    M, S_ = mu_enc.copy(), logvar_enc.copy()
+    _, dmu, dlogvar = local_elbo_and_grad(vae, x, M, S_, eps_fd)
+
+    def total_elbo():
+        return float(local_elbo_and_grad(vae, x, M, S_, eps_fd)[0].sum())
+
+    # The ELBO is ~ -200 nats per digit, summed over 784 pixels, while some gradient entries are
+    # ~1e-3: plain central differences (h = 1e-6) lose ~1e-7 relative to rounding in f.  Richardson
+    # differences with h = 1e-2 (error O(h^4)) resolve them to ~1e-9.
+    err_mu = rel_error(dmu, C.richardson_grad(total_elbo, M, h=1e-2))
+    err_lv = rel_error(dlogvar, C.richardson_grad(total_elbo, S_, h=1e-2))
+    table.add("d ELBO_n/d mu_n = E[g] - mu (vs FD)", err_mu, 0.0, GRAD_TOL, "<=",
+              note="lhs: relative error against Richardson finite differences, float64, eps fixed")
+    table.add("d ELBO_n/d logvar_n (vs FD)", err_lv, 0.0, GRAD_TOL, "<=")
+
+    # -- A. per-datapoint VI from the encoder's answer, decoder fixed -----------------------------
+    steps = 150 if quick else 1500
+    S_train = 16
+    q_local = {"mu": mu_enc.copy(), "logvar": logvar_enc.copy()}
+    opt = Adam(lr=0.03 if quick else 0.01)
+    eps_track = rng.standard_normal((512, n_x, L))                      # fixed: a smooth trace
+    trace = [(0, per_sample_elbo(vae, x, mu_enc, logvar_enc, eps_track).mean(0))]
+    for t in range(steps):
+        eps = rng.standard_normal((S_train, n_x, L))
+        _, gmu, glv = local_elbo_and_grad(vae, x, q_local["mu"], q_local["logvar"], eps)
+        opt.step(q_local, {"mu": -gmu, "logvar": -glv})                 # Adam minimises -ELBO
+        if (t + 1) % max(1, steps // 50) == 0 or t == steps - 1:
+            trace.append((t + 1, per_sample_elbo(vae, x, q_local["mu"], q_local["logvar"], eps_track).mean(0)))
+
+    # -- the gaps, with common random numbers ---------------------------------------------------
+    S_eval = 2000 if quick else 10000
+    eps_eval = rng.standard_normal((S_eval, n_x, L))
+    e_enc = per_sample_elbo(vae, x, mu_enc, logvar_enc, eps_eval)        # (S, N)
+    e_loc = per_sample_elbo(vae, x, q_local["mu"], q_local["logvar"], eps_eval)
+    elbo_enc, elbo_loc = e_enc.mean(0), e_loc.mean(0)
+    diff = e_loc - e_enc
+    amort, amort_se = diff.mean(0), diff.std(0, ddof=1) / np.sqrt(S_eval)
+    K = 2000 if quick else 20000
+    lw = log_weights(vae, x, q_local["mu"], q_local["logvar"], K, rng)  # proposal q*_x
+    log_px = iwae_bound(lw)                                              # log (1/K) sum w
+    w = np.exp(lw - lw.max(0))
+    log_px_se = w.std(0, ddof=1) / np.sqrt(K) / w.mean(0)               # delta method
+    lw_enc = log_weights(vae, x, mu_enc, logvar_enc, K, rng)             # the encoder as proposal
+    log_px_enc = iwae_bound(lw_enc)
+    approx = log_px - elbo_loc
+    approx_se = np.hypot(log_px_se, e_loc.std(0, ddof=1) / np.sqrt(S_eval))
+
+    print(f"\n{'x':>3} | {'ELBO enc q':>10} | {'ELBO local q*':>13} | {'log p(x) IS':>11} | "
+          f"{'(enc q as IS prop.)':>19} | {'amortization gap':>16} | {'approximation gap':>17}")
+    for n in range(n_x):
+        print(f"{n:>3} | {elbo_enc[n]:>10.3f} | {elbo_loc[n]:>13.3f} | {log_px[n]:>11.3f} | "
+              f"{log_px_enc[n]:>19.3f} | {amort[n]:>9.3f} +- {amort_se[n]:.3f} | "
+              f"{approx[n]:>10.3f} +- {approx_se[n]:.3f}")
+    mean_amort, se_amort = float(amort.mean()), float(np.sqrt(np.sum(amort_se ** 2)) / n_x)
+    mean_approx, se_approx = float(approx.mean()), float(np.sqrt(np.sum(approx_se ** 2)) / n_x)
+    print(f"mean over digits: amortization gap {mean_amort:.3f} +- {se_amort:.3f} nats, "
+          f"approximation gap {mean_approx:.3f} +- {se_approx:.3f} nats")
+
+    worst_amort = float(np.min(amort / amort_se))
+    worst_approx = float(np.min(approx / approx_se))
+    table.add("amortization gap ELBO(q*) - ELBO(q_phi) >= 0, every x (in SE)", worst_amort, 0.0,
+              N_SE, ">=", note="lhs = min over digits of gap / SE (common eps for both q)")
+    table.add("approximation gap log p(x) - ELBO(q*) >= 0, every x (in SE)", worst_approx, 0.0,
+              N_SE, ">=", note=f"log p(x) by IS with K = {K} samples from q*")
+    table.add("mean amortization gap / SE >= 3 (local VI beats the encoder)", mean_amort / se_amort,
+              N_SE, 0.0, ">=", note=f"{mean_amort:.3f} +- {se_amort:.3f} nats")
+    w_enc = np.exp(lw_enc - lw_enc.max(0))
+    log_px_enc_se = w_enc.std(0, ddof=1) / np.sqrt(K) / w_enc.mean(0)
+    z_is = float(np.max(np.abs(log_px - log_px_enc) / np.hypot(log_px_se, log_px_enc_se)))
+    table.add("IS log p(x): proposal q* = proposal q_phi (max |diff|/SE)", z_is, 0.0, 4.0, "<=",
+              note="two proposals, one log p(x): the estimates agree within 4 SE (delta method)")
+    results.update(elbo_encoder=elbo_enc, elbo_local=elbo_loc, log_px=log_px, log_px_encoder_proposal=log_px_enc,
+                   amortization_gap=amort, amortization_gap_se=amort_se, approximation_gap=approx,
+                   approximation_gap_se=approx_se, mean_amortization_gap=mean_amort,
+                   mean_approximation_gap=mean_approx, grad_errors=(err_mu, err_lv))
+
+    # -- figures ----------------------------------------------------------------------------------
+    fig, ax = C.plt.subplots(1, 2, figsize=(12, 4.3))
+    ts = np.array([t for t, _ in trace])
+    vals = np.stack([v for _, v in trace])                               # (T, N)
+    for n in range(min(n_x, 8)):
+        line, = ax[0].plot(ts, vals[:, n] - vals[0, n], lw=1, label=f"digit {n}")
+        ax[0].axhline(log_px[n] - elbo_enc[n], color=line.get_color(), ls=":", lw=0.8)
+    ax[0].axhline(0, color="k", lw=0.8)
+    ax[0].set(xlabel="VI step (Adam on mu_n, logvar_n)", ylabel="ELBO(q_t) - ELBO(q_phi)  (nats)",
+              title="per-datapoint VI from the encoder's q; dotted: log p(x) - ELBO(q_phi)")
+    ax[0].legend(fontsize=7, loc="lower right")
+    idx = np.arange(n_x)
+    ax[1].bar(idx, approx, color="C0", label="approximation gap log p(x) - ELBO(q*)")
+    ax[1].bar(idx, amort, bottom=approx, color="C1", label="amortization gap ELBO(q*) - ELBO(q_phi)")
+    ax[1].set(xlabel="test digit", ylabel="nats", title="log p(x) - ELBO(encoder) split in two",
+              xticks=idx)
+    ax[1].legend(fontsize=8)
+    results["figures"].append(C.save_figure(fig, args.out / "amortization_gap.png"))
+
+    print(table)
+    results["checks"] = table.to_dict()
+    results["all_ok"] = table.all_ok
+    return results
+
+
+if __name__ == "__main__":
+    out = main()
+    sys.exit(0 if out["all_ok"] else 1)
