@@ -131,6 +131,16 @@ def test_07_amortization_gap(tmp_path):
     assert res["mean_amortization_gap"] > 0
     assert np.all(res["elbo_local"] <= res["log_px"] + 3 * approx_se)
     np.testing.assert_allclose(res["log_px"] - res["elbo_encoder"], approx + amort, atol=1e-9)
+    # EM on factor analysis is coordinate ascent on the ELBO: it never decreases, the E-step
+    # makes it tight (= log p(x)), and after the M-step log p(x) is above it again
+    trace = res["em_trace"]
+    elbos = [e for _, e, _ in trace]
+    assert len(trace) >= 6 and all(a <= b + 1e-10 for a, b in zip(elbos[:-1], elbos[1:]))
+    for label, elbo, loglik in trace:
+        if "E-step" in label:
+            assert abs(elbo - loglik) < 1e-9, label
+        else:
+            assert loglik >= elbo - 1e-10, label
 
 
 def test_10_beta_vae(tmp_path):
