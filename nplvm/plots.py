@@ -40,7 +40,7 @@ def _save(fig, path):
     return path
 
 
-def tile_images(images, nrow=None, shape=(28, 28), pad=1, pad_value=1.0):
+def tile_images(images, nrow=None, shape=(28, 28), pad=1, pad_value=0.15):
     """Arrange (N, H*W) images into one 2-D mosaic, row-major, ``nrow`` images per row.
 
     nrow defaults to ceil(sqrt(N)).  Empty cells and the ``pad`` pixels between images take
