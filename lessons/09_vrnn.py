@@ -218,7 +218,7 @@ def main(argv=None):
     ds = load_dataset(args.data, seed=args.seed)
     model, history = train(args, ds)
     x_test = ds.test[:C.quick_or(args, 100, len(ds.test))]
-    K = C.quick_or(args, 20, 1000)
+    K = C.quick_or(args, 20, 200)
     nelbo, nll = evaluate_model(table, model, x_test, K, args.seed)
     figures = [plot_samples(args, model, table), plot_completion(args, model, x_test, table)]
     fig_kl, kl, rec = plot_kl_per_step(args, model, x_test, nelbo, table)

@@ -266,6 +266,7 @@ class VRNN(Module):
         # HINT gru_grads, dh, fwd["c_gru"][t]) gives d[phi_x(x_t), phi_z(z_t)] and the GRU's share of dL/dh_{t-1}.
         # HINT phi_z(z_t) also feeds the decoder (d_phz[t]); z_t = mu_t + exp(logvar_t / 2) eps_t; add the
         # HINT KL's direct gradients; h_{t-1} reaches the loss through the GRU, the encoder and d_hprev[t].
+        # HINT Fill d_phx[t] = dL/dphi_x(x_t) (from the GRU and the encoder): phi_x's backward runs after the loop.
         dh = np.zeros((N, H), dtype=eps.dtype)        # dL/dh_T = 0: nothing reads the last state
         for t in range(T - 1, -1, -1):
             # h_t = GRU([phi_x(x_t), phi_z(z_t)], h_{t-1}): dh is the full dL/dh_t here
