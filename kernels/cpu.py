@@ -10,11 +10,13 @@ Every public function here has the signature and the meaning of its twin in ``re
   loop is a scalar libm call (~3 ns) and ``math.log1p`` worse (~10 ns): slower than NumPy's own
   SIMD ``exp``.  In float32 we therefore use ``exp32`` and ``log1p01_32`` below, short polynomials
   made only of +, *, / and a bit-cast, which LLVM turns into AVX-512 code.  Their accuracy is
-  measured in tests/test_kernels.py over dense sweeps (within 3 ulp of the correctly rounded
-  float32 result).  float64, the dtype of gradient checks, keeps libm: it matches the reference
+  measured in tests/test_kernels.py over dense sweeps (exp32 within 1 ulp, log1p01_32 within
+  3 ulp of the correctly rounded float32 result).  float64, the dtype of gradient checks, keeps libm: it matches the reference
   to ~1e-15 relative.
-* **Two threads.**  Large kernels are ``parallel=True`` over rows (``prange``); small ones stay
-  serial because waking a thread costs more than they do.
+* **Threads.**  The Bernoulli kernel and Adam are ``parallel=True`` (``prange``) and use
+  Numba's thread count (``numba.set_num_threads``); the small KL kernels and the linear layer's
+  elementwise tails stay on one thread (waking a thread, or fighting BLAS's spinning threads for
+  the cores, costs more than they do).
 * **BLAS for products.**  ``matmul`` and the products inside ``linear_*`` call ``np.dot``
   (OpenBLAS): it measures ~5x faster than the hand-tiled ``matmul_tiled`` below (see
   ``python -m kernels.bench``), so the layer fuses only the cheap elementwise tail (bias +
@@ -33,9 +35,11 @@ from numba import njit, prange
 
 from .reference import ACTIVATIONS
 
-# fastmath flags that let LLVM vectorize reductions and fuse a*b+c, while keeping IEEE inf/NaN
-# semantics ('nnan'/'ninf' are deliberately absent: a NaN loss must stay a NaN loss).
-_FAST = {"reassoc", "contract", "nsz", "arcp"}
+# fastmath flags that let LLVM vectorize reductions ('reassoc') and fuse a*b+c ('contract'),
+# while keeping IEEE inf/NaN semantics ('nnan'/'ninf' are absent: a NaN loss must stay a NaN
+# loss).  'nsz'/'arcp' were measured to cost exp32 its accuracy (4.6 ulp instead of < 1 ulp)
+# for no speed, so they are left out too.
+_FAST = {"reassoc", "contract"}
 # error_model="numpy": a division by zero gives inf like NumPy, instead of a Python exception
 # check inside the loop (that check alone stops vectorization).
 _JIT = dict(cache=True, fastmath=_FAST, error_model="numpy", nogil=True)
@@ -60,7 +64,7 @@ def exp32(x):
     built by writing k + 127 into the exponent bits.  Returns 0 for x < -87 (the true value is
     below 1.7e-38) and inf for x > 88.72; NaN in, NaN out.
     """
-    k = math.floor(x * _LOG2E + f32(0.5))
+    k = np.floor(x * _LOG2E + f32(0.5))              # float32 (math.floor would give an int64)
     r = (x - k * _LN2_HI) - k * _LN2_LO
     p = f32(1 / 5040) + r * f32(1 / 40320)          # Horner form of sum_{n<=8} r^n / n!
     p = f32(1 / 720) + r * p
@@ -68,8 +72,7 @@ def exp32(x):
     p = f32(1 / 24) + r * p
     p = f32(1 / 6) + r * p
     p = f32(0.5) + r * p
-    p = f32(1.0) + r * p
-    p = f32(1.0) + r * p
+    p = f32(1.0) + (r + (r * r) * p)                 # 1 + (r + r^2 q): the small part first
     ki = np.int32(min(max(k, f32(-126.0)), f32(127.0)))  # 2^128 is not a float32: k = 128
     two_k = np.int32((ki + 127) << 23).view(np.float32)   # (x > 88.38) is done as 2 * 2^127
     y = (p * f32(2.0) if k > f32(127.0) else p) * two_k
@@ -199,9 +202,13 @@ def bernoulli_nll(x, logits, weight=None):
 # ------------------------------------------------------------------------------------------
 # KL divergences between diagonal Gaussians (small: (N, 32..50), so serial)
 # ------------------------------------------------------------------------------------------
-@njit(**_JIT)
-def _gaussian_kl_std_kernel(mu, s, w, kl, dmu, ds, fast):
-    """KL(N(mu, e^s) || N(0, 1)) = 1/2 (e^s + mu^2 - 1 - s), summed over D; float64 accumulator."""
+@njit(inline="always", **_JIT)
+def _gaussian_kl_std_rows(mu, s, w, kl, dmu, ds, fast):
+    """KL(N(mu, e^s) || N(0, 1)) = 1/2 (e^s + mu^2 - 1 - s), summed over D; float64 accumulator.
+
+    Inlined into the two kernels below with ``fast`` a constant, so the untaken exp disappears
+    at compile time (a libm call left in the loop, even unused, would stop vectorization).
+    """
     N, D = mu.shape
     half = mu.dtype.type(0.5)
     one = mu.dtype.type(1.0)
@@ -218,6 +225,16 @@ def _gaussian_kl_std_kernel(mu, s, w, kl, dmu, ds, fast):
         kl[i] = 0.5 * acc
 
 
+@njit(**_JIT)
+def _gaussian_kl_std_f32(mu, s, w, kl, dmu, ds):
+    _gaussian_kl_std_rows(mu, s, w, kl, dmu, ds, True)
+
+
+@njit(**_JIT)
+def _gaussian_kl_std_libm(mu, s, w, kl, dmu, ds):
+    _gaussian_kl_std_rows(mu, s, w, kl, dmu, ds, False)
+
+
 def gaussian_kl_std(mu, logvar, weight=None):
     """KL(N(mu, diag e^logvar) || N(0, I)) per row and its gradients; see reference.gaussian_kl_std.
 
@@ -229,12 +246,13 @@ def gaussian_kl_std(mu, logvar, weight=None):
     kl = np.empty(N, dt)
     dmu = np.empty((N, D), dt)
     ds = np.empty((N, D), dt)
-    _gaussian_kl_std_kernel(mu, logvar, _row_weights(weight, N, dt), kl, dmu, ds, dt == np.float32)
+    kernel = _gaussian_kl_std_f32 if dt == np.float32 else _gaussian_kl_std_libm
+    kernel(mu, logvar, _row_weights(weight, N, dt), kl, dmu, ds)
     return kl, dmu, ds
 
 
-@njit(**_JIT)
-def _gaussian_kl_kernel(m, s, n, t, w, kl, dm, ds, dn, dt_, fast):
+@njit(inline="always", **_JIT)
+def _gaussian_kl_rows(m, s, n, t, w, kl, dm, ds, dn, dt_, fast):
     """KL(N(m, e^s) || N(n, e^t)) = 1/2 (t - s + (e^s + (m - n)^2) e^-t - 1), summed over D."""
     N, D = m.shape
     half = m.dtype.type(0.5)
@@ -258,6 +276,16 @@ def _gaussian_kl_kernel(m, s, n, t, w, kl, dm, ds, dn, dt_, fast):
         kl[i] = 0.5 * acc
 
 
+@njit(**_JIT)
+def _gaussian_kl_f32(m, s, n, t, w, kl, dm, ds, dn, dt_):
+    _gaussian_kl_rows(m, s, n, t, w, kl, dm, ds, dn, dt_, True)
+
+
+@njit(**_JIT)
+def _gaussian_kl_libm(m, s, n, t, w, kl, dm, ds, dn, dt_):
+    _gaussian_kl_rows(m, s, n, t, w, kl, dm, ds, dn, dt_, False)
+
+
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, weight=None):
     """KL between two diagonal Gaussians per row and its four gradients; see reference.gaussian_kl.
 
@@ -268,8 +296,8 @@ def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, weight=None):
     N, D = mu_q.shape
     kl = np.empty(N, dt)
     grads = [np.empty((N, D), dt) for _ in range(4)]
-    _gaussian_kl_kernel(mu_q, logvar_q, mu_p, logvar_p, _row_weights(weight, N, dt), kl, *grads,
-                        dt == np.float32)
+    kernel = _gaussian_kl_f32 if dt == np.float32 else _gaussian_kl_libm
+    kernel(mu_q, logvar_q, mu_p, logvar_p, _row_weights(weight, N, dt), kl, *grads)
     return (kl, *grads)
 
 
@@ -384,11 +412,14 @@ def _activate_scalar(h, act, fast):
     return h
 
 
-@njit(parallel=True, **_JIT)
+# The tails of the linear layer run on one thread: they come right after a BLAS call, whose
+# worker threads keep spinning for a while afterwards, and a second Numba thread competing with
+# them for 2 cores measured slower than one thread.
+@njit(**_JIT)
 def _bias_act_inplace(h, b, act, fast):
     """h <- act(h + b) in one pass over h (N, O); b (O,)."""
     N, O = h.shape
-    for i in prange(N):
+    for i in range(N):
         for j in range(O):
             h[i, j] = _activate_scalar(h[i, j] + b[j], act, fast)
 
@@ -411,22 +442,15 @@ def _act_grad_scalar(y, act):
     return one
 
 
-@njit(parallel=True, **_JIT)
-def _act_backward(dy, y, act, dh, db_parts):
-    """dh = dy * act'(y) and the bias gradient sum_n dh in one pass.
-
-    Rows are split into one chunk per thread; each chunk writes its own partial column sums
-    (no two threads touch the same memory), added up by the caller.
-    """
+@njit(**_JIT)
+def _act_backward(dy, y, act, dh, db):
+    """dh = dy * act'(y) and the bias gradient db = sum_n dh (accumulated in float64) in one pass."""
     N, O = dy.shape
-    P = db_parts.shape[0]
-    for p in prange(P):
-        part = db_parts[p]
-        for i in range(p * N // P, (p + 1) * N // P):
-            for j in range(O):
-                g = dy[i, j] * _act_grad_scalar(y[i, j], act)
-                dh[i, j] = g
-                part[j] += g
+    for i in range(N):
+        for j in range(O):
+            g = dy[i, j] * _act_grad_scalar(y[i, j], act)
+            dh[i, j] = g
+            db[j] += g
 
 
 def linear_forward(x, W, b, act="identity"):
@@ -452,9 +476,9 @@ def linear_backward(dy, x, W, y, act="identity", need_dx=True):
     else:
         N, O = dy.shape
         dh = np.empty((N, O), dt)
-        parts = np.zeros((2 if N >= 64 else 1, O), dt)
-        _act_backward(dy, _as(y, dt), code, dh, parts)
-        db = parts.sum(axis=0)
+        db64 = np.zeros(O, np.float64)
+        _act_backward(dy, _as(y, dt), code, dh, db64)
+        db = db64.astype(dt)
     dW = np.dot(x.T, dh)                            # BLAS: h = x W + b  =>  dW = x^T dh
     dx = np.dot(dh, W.T) if need_dx else None       # dx = dh W^T
     return dx, dW, db

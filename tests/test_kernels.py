@@ -67,13 +67,13 @@ def _ulp_error(got32, x64, fn64):
     return np.abs(got32.astype(np.float64) - want) / np.spacing(want.astype(np.float32)).astype(np.float64)
 
 
-def test_exp32_within_3_ulp_and_flushes():
+def test_exp32_within_1_ulp_and_flushes():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(-87.0, 88.7, 400_000), np.linspace(-1, 1, 100_001),
                         [0.0, -87.0, 88.72]]).astype(np.float32)
     out = np.empty_like(x)
     cpu._exp32_array(x, out)
-    assert _ulp_error(out, x.astype(np.float64), np.exp).max() <= 3
+    assert _ulp_error(out, x.astype(np.float64), np.exp).max() <= 1
     edge = np.array([-87.01, -1e4, -np.inf, 88.73, 1e4, np.inf, np.nan], np.float32)
     out = np.empty_like(edge)
     cpu._exp32_array(edge, out)
@@ -179,7 +179,8 @@ def test_bernoulli_and_kl_property(n, d, seed, scale, f64):
     want = truth(ref.gaussian_kl_std, mu, logvar)
     scale_kl = 0.5 * (np.exp(logvar.astype(float)) + mu.astype(float) ** 2 + 1 + np.abs(logvar)).sum(1).max()
     assert_close(kl[0], want[0], dtype, scale=scale_kl)
-    assert_close(kl[2], want[2], dtype)
+    # d/dlogvar = (e^s - 1) / 2 cancels for small s: its error is a few ulp of e^s / 2, absolutely
+    assert_close(kl[2], want[2], dtype, scale=0.5 * np.exp(logvar.astype(np.float64)).max())
 
 
 def test_non_contiguous_views_and_int_targets():
