@@ -335,3 +335,15 @@ def test_bad_inputs_have_clear_errors():
         kernels.matmul_tiled(a, a)
     with pytest.raises(ValueError, match="expected m of shape"):
         kernels.adam_step(a, a, np.zeros(3), a, 1e-3, 0.9, 0.999, 1e-8, 1)
+
+
+def test_bench_helpers_and_table():
+    """The benchmark's timer, triad floor and table (the full run is `python -m kernels.bench`)."""
+    from kernels import bench
+    us = bench.timeit(lambda: np.zeros(10), repeats=2)
+    assert 0 < us < 1e5
+    assert bench.triad_bandwidth(3 * 8 * 4096, np.float64, repeats=2) > 0
+    rec = dict(kernel="bernoulli_nll", backend="cpu", shape="128x784", dtype="float32",
+               us_per_call=100.0, speedup_vs_naive_numpy=7.0, floor_fraction=0.2)
+    table = bench.format_table([rec, dict(rec, kernel="matmul_tiled", gflops=16.0)])
+    assert "bernoulli_nll" in table and "x naive" in table and "(16.0 GF/s)" in table
