@@ -26,6 +26,9 @@ What it prints and draws (``--out``, default figures/09_vrnn/):
 
     python lessons/09_vrnn.py                  # a few minutes on a laptop CPU
     python lessons/09_vrnn.py --quick          # seconds (the test suite runs this)
+
+On a small or busy CPU, prefix OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1: the per-step matrices
+(batch x 128) are too small to gain from threads, and oversubscribed threads cost up to 10x.
 """
 from __future__ import annotations
 
@@ -126,12 +129,11 @@ def plot_samples(args, model, table):
     x, probs = model.generate(64, rng=args.seed)
     table.add("generated pixels are binary", float(np.isin(x, (0, 1)).mean()), 1.0, tol=0.0)
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.3))
-    for ax, imgs, title in ((axes[0], probs, "Bernoulli means of each row"),
-                            (axes[1], x, "binary samples (fed back to the GRU)")):
+    for ax, imgs, title in ((axes[0], probs, "from the prior, row by row:\nBernoulli means of each row"),
+                            (axes[1], x, "the binary rows sampled\n(fed back to the GRU)")):
         ax.imshow(tile(imgs, 8), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.axis("off")
-    fig.suptitle("VRNN: digits generated row by row from the prior")
     return C.save_figure(fig, args.out / "samples.png")
 
 
@@ -154,12 +156,12 @@ def plot_completion(args, model, x_test, table):
     fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.35 * len(rows) + 0.4))
     for ax, (label, imgs) in zip(axes, rows):
         ax.imshow(tile(imgs, 8), cmap="gray", vmin=0, vmax=1)
-        ax.axhline(1 + N_OBSERVED, color="tab:red", lw=0.8)     # the last observed row
+        ax.axhline(0.5 + N_OBSERVED, color="tab:red", lw=0.8)   # below the last observed row
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"Completing test digits from their top {N_OBSERVED} rows "
-                 "(below the red line: Bernoulli means from the prior)", fontsize=10)
+    axes[0].set_title(f"Completing test digits from their top {N_OBSERVED} rows "
+                      "(below the red line: Bernoulli means from the prior)", fontsize=10)
     return C.save_figure(fig, args.out / "completion.png")
 
 
@@ -206,6 +208,9 @@ def plot_curves(args, history):
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     ax.set_title("VRNN learning curves")
+    if len(history) > 2:                    # epoch 1 is far above the rest: zoom on the tail
+        top = max(history[1]["train_nelbo"], history[1]["valid_nelbo"])
+        ax.set_ylim(min(min(h["train_nelbo"], h["valid_nelbo"]) for h in history) - 2, top + 2)
     ax.legend()
     return C.save_figure(fig, args.out / "curves.png")
 
