@@ -128,9 +128,9 @@ def plot_samples(args, model, table):
     the sampled past (the binary rows are what the recurrence is fed)."""
     x, probs = model.generate(64, rng=args.seed)
     table.add("generated pixels are binary", float(np.isin(x, (0, 1)).mean()), 1.0, tol=0.0)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.3))
-    for ax, imgs, title in ((axes[0], probs, "from the prior, row by row:\nBernoulli means of each row"),
-                            (axes[1], x, "the binary rows sampled\n(fed back to the GRU)")):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.6))
+    for ax, imgs, title in ((axes[0], probs, "prior samples: Bernoulli means of each row"),
+                            (axes[1], x, "the binary rows drawn (fed back to the GRU)")):
         ax.imshow(tile(imgs, 8), cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=10)
         ax.axis("off")
