@@ -127,7 +127,7 @@ def main(argv=None):
                      "bound_k_train": float(b[k_train].mean()), "log_px": float(log_px.mean()),
                      "active_units": active_units(m, ds.test)})
     figures.append(str(plots.line_plot(ks, curves, args.out / "bound_vs_k.png", xlabel="k (samples in the bound)",
-                                       ylabel="L_k, mean over test images (nats)", logx=True, bands=bands,
+                                       ylabel="L_k, mean over test images (nats; band: 1 SE)", logx=True, bands=bands,
                                        title="L_k tightens towards log p(x) as k grows")))
 
     print(f"\n{'trained with':>12} | {'ELBO (L_1)':>10} | {'log p(x), IS K=' + str(K_max):>18} | "
