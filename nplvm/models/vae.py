@@ -79,6 +79,8 @@ IWAE(..., k=5, ...)                     kind "iwae"
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import kernels
@@ -289,7 +291,7 @@ class VAE:
         nll, dlogits = kernels.bernoulli_nll(xk, logits)              # unweighted: sigmoid(l) - x
         # log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)
         log_w = -nll.reshape(k, N) + _log_prior_minus_log_q(z, eps, logvar)     # (k, N)
-        bound = logsumexp(log_w, axis=0) - np.log(k)                  # log (1/k) sum_i w_i
+        bound = logsumexp(log_w, axis=0) - math.log(k)                # log (1/k) sum_i w_i
         loss = float(-np.mean(bound))
 
         self._zero_grad()
@@ -338,7 +340,7 @@ class VAE:
         logits = self.decoder.forward(z.reshape(S * N, L))[0]
         xk = np.broadcast_to(x, (S, N, self.x_dim)).reshape(S * N, self.x_dim)
         nll, _ = kernels.bernoulli_nll(xk, logits)
-        log_pz = -0.5 * np.sum(z * z + np.log(2 * np.pi), axis=-1)
+        log_pz = -0.5 * np.sum(z * z + math.log(2 * math.pi), axis=-1)
         kl, _, _ = kernels.gaussian_kl_std(mu, logvar)
         return {"log_px_z": -nll.reshape(S, N), "log_pz": log_pz, "log_qz": q.log_prob(z),
                 "entropy": q.entropy(), "kl": kl}
