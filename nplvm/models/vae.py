@@ -273,6 +273,8 @@ class VAE:
         if self.kl_mode == "mc":
             dz += w * z                                               # d(-log p(z))/dz = z
         # SOLUTION vae-reparam-gradient: the gradient of -ELBO w.r.t. mu and logvar through z = mu + exp(logvar/2) * eps
+        # HINT dz (N, L) holds d loss / dz; z = mu + sigma * eps elementwise, with sigma = exp(logvar / 2) in scope.
+        # HINT Define dmu and dlogvar (N, L): the chain rule through dz/dmu and dz/dlogvar.
         dmu = dz                                                      # dz/dmu = 1
         dlogvar = dz * eps * (0.5 * sigma)                            # dz/dlogvar = eps exp(logvar/2) / 2
         # END SOLUTION
@@ -296,6 +298,9 @@ class VAE:
 
         self._zero_grad()
         # SOLUTION iwae-gradient: the gradient of the k-sample bound through the normalized importance weights
+        # HINT d loss / d log w_in = -w~_in / N with w~ = softmax of log_w over the k samples (axis 0).
+        # HINT Scale dlogits in place, backpropagate the decoder, add log p(z)'s path term, then sum the
+        # HINT reparameterization over the k samples into dmu, dlogvar (N, L); log q's -logvar/2 is direct.
         g = softmax(log_w, axis=0) / N                                # w~_in / N: weight of -grad log w_in
         dlogits *= g.reshape(k * N, 1)                                # g_i (sigmoid(l_i) - x)
         dz = self.decoder.backward(dlogits, dec_cache).reshape(k, N, L)
