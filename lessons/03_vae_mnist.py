@@ -26,7 +26,7 @@ What this lesson does and checks:
     figure 4, "manifold learning" in the notes) and the encoded test set colored by digit.
 
 Run:  python lessons/03_vae_mnist.py [--quick] [--out DIR] [--seed N] [--epochs E]
-(about two minutes on two cores; --quick: seconds).
+(about a minute on one core; --quick: seconds).
 """
 from __future__ import annotations
 

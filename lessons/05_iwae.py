@@ -99,6 +99,7 @@ def main(argv=None):
               f"valid -L_{k} = {hists[k][-1]['valid_nelbo']:.2f}")
     figures.append(str(plots.learning_curves({f"k = {k}": h for k, h in hists.items()},
                                              args.out / "learning_curves.png", keys=("valid_nelbo",),
+                                             key_labels={"valid_nelbo": "valid -L_k"},
                                              ylabel="-L_k on the validation set (nats)",
                                              title="Training on the k-sample bound")))
 

@@ -84,8 +84,12 @@ def _read_runs(runs):
 
 
 def learning_curves(runs, path, keys=("train_nelbo", "valid_nelbo"), title="Learning curves",
-                    ylabel="NELBO (nats per example)"):
-    """Plot ``keys`` of per-epoch records against the epoch; one color per run, one style per key."""
+                    ylabel="NELBO (nats per example)", key_labels=None):
+    """Plot ``keys`` of per-epoch records against the epoch; one color per run, one style per key.
+
+    runs: a list of epoch records (``nplvm.train.fit``'s history), a metrics.jsonl path, or a dict
+    {label: either}.  key_labels: optional {key: legend text} (default: the key, "_" -> " ")."""
+    key_labels = key_labels or {}
     data = _read_runs(runs)
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
@@ -97,7 +101,8 @@ def learning_curves(runs, path, keys=("train_nelbo", "valid_nelbo"), title="Lear
             if not pts:
                 continue
             ep, val = zip(*pts)
-            name = key.replace("_", " ") if not label else f"{label}: {key.replace('_', ' ')}"
+            text = key_labels.get(key, key.replace("_", " "))
+            name = text if not label else f"{label}: {text}"
             ax.plot(ep, val, styles[s % 4], color=colors[r % 10], marker="o", ms=3, label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
