@@ -38,6 +38,12 @@ ReLU, Tanh, Sigmoid, Softplus, ELU, Identity        standalone activations, no p
 MLP(sizes, activation, rng, dtype, out_activation)  a stack of fused Linear layers
 GRUCell(n_in, n_hidden, rng, dtype)                 one GRU step, h_new, cache = forward(x, h)
 gru_forward(params, x, h), gru_backward(params, grads, dh_new, cache)   the functional GRU
+gru_fuse(params) -> fused                   W (3, n_in, H), U (3, H, H), b (3, 1, H): gates r, u, c stacked
+gru_input_side(fused, x, out=None) -> a     x W_g + b_g (3, M, H), e.g. for all steps at once
+gru_step_forward(fused, a, h, rh=None) -> h_new            one step given its input side
+gru_step_backward(fused, dh_new, h, gates, da=None) -> (da, dh)   recurrent products only
+gru_input_grad(fused, da, add_to=None) -> dx    dL/dx = sum_g da_g W_g^T
+gru_fused_grads(grads, x, h, rh, da)        parameter grads of many steps, one product each
 """
 from __future__ import annotations
 
@@ -56,6 +62,8 @@ __all__ = [
     "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
     "softplus_forward", "softplus_backward", "elu_forward", "elu_backward",
     "ACTIVATION_FUNCTIONS", "GRU_PARAM_NAMES", "gru_forward", "gru_backward",
+    "gru_fuse", "gru_input_side", "gru_step_forward", "gru_step_backward",
+    "gru_input_grad", "gru_fused_grads",
     "glorot_uniform", "he_uniform", "default_init",
 ]
 
@@ -551,6 +559,166 @@ def gru_backward(params, grads, dh_new, cache):
     return dx, dh
     # END SOLUTION
 
+
+# The GRU over a whole sequence, fused.  ``gru_forward`` / ``gru_backward`` above are one step
+# written gate by gate, the equations as printed; BPTT calls them T times, and at small batch
+# much of their time is NumPy overhead around many small products.  The functions below compute
+# the same numbers with the gates stacked on a leading axis, g = 0, 1, 2 for r, u, c:
+#
+#   * the input side x W_g + b_g of all three gates is one stacked product, which the caller can
+#     run for ALL steps before the loop when the inputs are known in advance;
+#   * the h-side products h U_r, h U_u are one stacked product (U_c acts on r * h, so it waits);
+#   * the backward returns da = dL/d[a_r, a_u, a_c] per step and leaves the weight gradients to
+#     one product over all steps after the loop, sum_t x_t^T da_t = X^T dA (rows stacked over t),
+#     so only the recurrent products stay inside the loop;
+#   * each gate is a contiguous (N, H) block, and the elementwise work runs in place.
+
+def _sigmoid_inplace(a):
+    """a <- sigma(a) in place, as sigma(a) = (1 + tanh(a / 2)) / 2: an exact identity, no exp
+    that could overflow, absolute error ~ machine epsilon, and NumPy's SIMD tanh is fast."""
+    a *= 0.5
+    xp_of(a).tanh(a, out=a)
+    a *= 0.5
+    a += 0.5
+    return a
+
+
+def gru_fuse(params):
+    """Stack the GRU's parameters gate by gate (copies: build again after the parameters change,
+    once per loss evaluation is enough).
+
+    params: the dict of ``gru_forward``.  Returns a dict with
+        W (3, n_in, H) = [W_r, W_u, W_c],   U (3, H, H) = [U_r, U_u, U_c],   b (3, 1, H) = [b_r, b_u, b_c].
+    """
+    missing = [k for k in GRU_PARAM_NAMES if k not in params]
+    if missing:
+        raise DataError(f"expected GRU parameters {GRU_PARAM_NAMES}, missing {missing}")
+    xp = xp_of(params["W_r"])
+    return {"W": xp.stack([params["W_r"], params["W_u"], params["W_c"]]),
+            "U": xp.stack([params["U_r"], params["U_u"], params["U_c"]]),
+            "b": xp.stack([params["b_r"], params["b_u"], params["b_c"]])[:, None, :]}
+
+
+def gru_input_side(fused, x, out=None):
+    """The input side of all three gates, x W_g + b_g, stacked: x (M, n_in) -> (3, M, H).
+
+    M may be T*N rows of every step at once; ``gru_step_forward`` takes one step's (3, N, H).
+    ``out``: an optional (3, M, H) array to write into.
+    """
+    a = xp_of(x).matmul(x, fused["W"], out=out)
+    a += fused["b"]
+    return a
+
+
+def gru_step_forward(fused, a, h, rh=None):
+    """One GRU step given its input side; the same h_new as ``gru_forward``.
+
+    fused: from ``gru_fuse``.  a: (3, N, H), the input-side pre-activations x W_g + b_g of
+    g = r, u, c (``gru_input_side``); it is OVERWRITTEN in place with the gates [r, u, c], the
+    backward's cache.  h: h_{t-1} (N, H).  rh: optional (N, H) array that receives r * h
+    (``gru_fused_grads`` needs it for dU_c).  Returns h_new (N, H).
+    """
+    U = fused["U"]
+    H = U.shape[1]
+    if a.ndim != 3 or h.ndim != 2 or a.shape != (3, h.shape[0], H) or h.shape[1] != H:
+        raise DataError(f"expected a of shape (3, N, {H}) and h of shape (N, {H}) with the same N, "
+                        f"got a {tuple(a.shape)} and h {tuple(h.shape)}")
+    if a.dtype != U.dtype or h.dtype != U.dtype:
+        raise DataError(f"expected a and h of dtype {U.dtype} (the parameters'), got {a.dtype} and {h.dtype}")
+    xp = xp_of(h)
+    a_ru, a_c = a[:2], a[2]
+    a_ru += xp.matmul(h, U[:2])                        # a_g = x W_g + h U_g + b_g,  g = r, u
+    r, u = _sigmoid_inplace(a_ru)                      # r, u = sigma(a_r), sigma(a_u)
+    rh = xp.multiply(r, h, out=rh)                     # r * h
+    a_c += rh @ U[2]                                   # a_c = x W_c + (r * h) U_c + b_c
+    c = xp.tanh(a_c, out=a_c)                          # c = tanh(a_c)
+    h_new = c - h                                      # h_new = (1 - u) h + u c = h + u (c - h)
+    h_new *= u
+    h_new += h
+    return h_new
+
+
+def gru_step_backward(fused, dh_new, h, gates, da=None):
+    """Backward of ``gru_step_forward`` through the recurrence only.
+
+    dh_new = dL/dh_new (N, H); h = h_{t-1} (N, H); gates = [r, u, c] (3, N, H), the array the
+    forward overwrote.  Writes da = dL/d[a_r, a_u, a_c] into ``da`` (3, N, H; a new array if None)
+    and returns (da, dL/dh (N, H)).  Nothing accumulates here: dL/dx = sum_g da_g W_g^T and the
+    parameter gradients (``gru_fused_grads``) are products the caller batches over steps.
+    The equations are ``gru_backward``'s:
+        da_c = dh_new * u * (1 - c^2),  da_u = dh_new * (c - h) * u (1 - u)
+        d(r * h) = da_c U_c^T,  da_r = d(r * h) * h * r (1 - r)
+        dh = dh_new * (1 - u) + d(r * h) * r + da_r U_r^T + da_u U_u^T
+    """
+    U = fused["U"]
+    H = U.shape[1]
+    if gates.shape != (3, h.shape[0], H) or dh_new.shape != h.shape:
+        raise DataError(f"expected gates of shape (3, N, {H}) and dh_new shaped like h {tuple(h.shape)}, "
+                        f"got gates {tuple(gates.shape)} and dh_new {tuple(dh_new.shape)}")
+    xp = xp_of(h)
+    if da is None:
+        da = xp.empty_like(gates)
+    r, u, c = gates
+    da_r, da_u, da_c = da
+    one_minus_u = xp.subtract(1, u)                    # reused by sigma'(a_u) and the direct path
+    # h_new = h + u (c - h):  dc = dh_new * u,  du = dh_new * (c - h)
+    xp.multiply(c, c, out=da_c)                        # da_c = dh_new * u * (1 - c^2)
+    xp.subtract(1, da_c, out=da_c)
+    da_c *= u
+    da_c *= dh_new
+    xp.subtract(c, h, out=da_u)                        # da_u = dh_new * (c - h) * u (1 - u)
+    da_u *= dh_new
+    da_u *= u
+    da_u *= one_minus_u
+    drh = da_c @ U[2].T                                # d(r * h) = da_c U_c^T
+    xp.subtract(1, r, out=da_r)                        # da_r = d(r * h) * h * r (1 - r)
+    da_r *= r
+    da_r *= h
+    da_r *= drh
+    dh = da_r @ U[0].T                                 # through both gates: da_r U_r^T + da_u U_u^T
+    dh += da_u @ U[1].T
+    one_minus_u *= dh_new                              # the direct path: dh_new * (1 - u)
+    dh += one_minus_u
+    drh *= r                                           # through r * h: d(r * h) * r
+    dh += drh
+    return da, dh
+
+
+def gru_input_grad(fused, da, add_to=None):
+    """dL/dx = sum_g da_g W_g^T from da = dL/d[a_r, a_u, a_c]: (3, M, H) -> (M, n_in).
+
+    Pass ``{"W": fused["W"][:, cols]}`` for the gradient of some input columns only.
+    ``add_to``: an (M, n_in) array to add the result to (in place, returned) instead of a new one.
+    """
+    W = fused["W"]
+    dx = da[0] @ W[0].T
+    if add_to is not None:
+        add_to += dx
+        dx = add_to
+    dx += da[1] @ W[1].T
+    dx += da[2] @ W[2].T
+    return dx
+
+
+def gru_fused_grads(grads, x, h, rh, da):
+    """Add the parameter gradients of many GRU steps at once, rows stacked over the steps.
+
+    grads: dict like the params of ``gru_forward`` (updated in place, +=).  With M rows (T*N):
+    x: the inputs (M, n_in); h: h_{t-1} (M, H); rh: r * h (M, H); da: dL/d[a_r, a_u, a_c]
+    (3, M, H).  Since a_g = x W_g + h U_g + b_g at every step (U_c acting on r * h),
+        dW_g = x^T da_g,  dU_g = h^T da_g (g = r, u),  dU_c = (r * h)^T da_c,  db_g = sum_m da_g.
+    """
+    n_in, H = grads["W_r"].shape
+    M = x.shape[0]
+    if x.shape != (M, n_in) or h.shape != (M, H) or rh.shape != (M, H) or da.shape != (3, M, H):
+        raise DataError(f"expected x of shape (M, {n_in}), h and rh of shape (M, {H}) and da of shape "
+                        f"(3, M, {H}), got x {tuple(x.shape)}, h {tuple(h.shape)}, rh {tuple(rh.shape)} "
+                        f"and da {tuple(da.shape)}")
+    for g, gate in enumerate(("r", "u", "c")):
+        grads[f"W_{gate}"] += x.T @ da[g]
+        grads[f"U_{gate}"] += (rh if gate == "c" else h).T @ da[g]
+        grads[f"b_{gate}"] += da[g].sum(axis=0)
+    return grads
 
 class GRUCell(Module):
     """One step of a gated recurrent unit; see ``gru_forward`` for the equations.

@@ -307,6 +307,97 @@ def test_gru_backprop_through_time():
         assert_grad(p.grad.copy(), loss, p.value, name)
 
 
+# The fused sequence path (gru_fuse / gru_input_side / gru_step_forward / gru_step_backward /
+# gru_input_grad / gru_fused_grads): the same numbers as the gate-by-gate pair, batched over time.
+
+def _fused_bptt(cell, xs, h0, Rs):
+    """L = sum_t sum(h_t * R_t) through the fused path.  Returns (L, dxs (T, N, n_in), dh_0, grads).
+
+    The input side runs for all steps at once before the loop, the parameter gradients and dx once
+    after it, as in the VRNN."""
+    T, N, n_in = xs.shape
+    H = h0.shape[1]
+    fused = nn.gru_fuse(cell.param_arrays())
+    gates = nn.gru_input_side(fused, xs.reshape(T * N, n_in)).reshape(3, T, N, H)
+    h_prev, rh = np.empty((T, N, H)), np.empty((T, N, H))
+    h, L = h0, 0.0
+    for t in range(T):
+        h_prev[t] = h
+        h = nn.gru_step_forward(fused, gates[:, t], h, rh[t])
+        L += np.sum(h * Rs[t])
+    d_gates = np.empty_like(gates)
+    dh = np.zeros_like(h0)
+    for t in reversed(range(T)):
+        _, dh = nn.gru_step_backward(fused, Rs[t] + dh, h_prev[t], gates[:, t], d_gates[:, t])
+    d_gates = d_gates.reshape(3, T * N, H)
+    X = xs.reshape(T * N, n_in)
+    grads = {k: np.zeros_like(v) for k, v in cell.param_arrays().items()}
+    nn.gru_fused_grads(grads, X, h_prev.reshape(T * N, H), rh.reshape(T * N, H), d_gates)
+    dxs = nn.gru_input_grad(fused, d_gates).reshape(T, N, n_in)
+    return L, dxs, dh, grads
+
+
+def test_gru_fused_path_gradients_every_entry():
+    """BPTT through the fused path against finite differences, every entry (T = 3)."""
+    g, cell, _, h0 = _gru_setup(seed=12)
+    T = 3
+    xs = g.standard_normal((T, 3, 4))
+    Rs = g.standard_normal((T, 3, 5))
+    L, dxs, dh0, grads = _fused_bptt(cell, xs, h0, Rs)
+    loss = lambda: _fused_bptt(cell, xs, h0, Rs)[0]  # noqa: E731
+    assert_grad(dxs, loss, xs, "x")
+    assert_grad(dh0, loss, h0, "h_0")
+    for name, p in cell.parameters().items():
+        assert_grad(grads[name], loss, p.value, name)
+
+
+def test_gru_fused_path_matches_the_step_by_step_pair():
+    """The same h_t, dx_t, dh_0 and parameter gradients as gru_forward / gru_backward."""
+    g, cell, _, h0 = _gru_setup(seed=13, N=4, n_in=6, H=5)
+    T = 5
+    xs = g.standard_normal((T, 4, 6))
+    Rs = g.standard_normal((T, 4, 5))
+    L, dxs, dh0, grads = _fused_bptt(cell, xs, h0, Rs)
+    caches, h, L_ref = [], h0, 0.0
+    for t in range(T):
+        h, c = cell.forward(xs[t], h)
+        caches.append(c)
+        L_ref += np.sum(h * Rs[t])
+    cell.zero_grad()
+    dh = np.zeros_like(h0)
+    for t in reversed(range(T)):
+        dx, dh = cell.backward(Rs[t] + dh, caches[t])
+        np.testing.assert_allclose(dxs[t], dx, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(L, L_ref, rtol=1e-13)
+    np.testing.assert_allclose(dh0, dh, rtol=1e-12, atol=1e-14)
+    for k, v in cell.grad_arrays().items():
+        np.testing.assert_allclose(grads[k], v, rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_gru_fused_path_float32_and_bad_shapes():
+    cell = nn.GRUCell(4, 3, 0, dtype=np.float32)
+    fused = nn.gru_fuse(cell.param_arrays())
+    assert fused["W"].shape == (3, 4, 3) and fused["U"].shape == (3, 3, 3) and fused["b"].shape == (3, 1, 3)
+    x = np.ones((2, 4), np.float32)
+    h = cell.initial_state(2)
+    a = nn.gru_input_side(fused, x)
+    h1 = nn.gru_step_forward(fused, a, h)
+    da, dh = nn.gru_step_backward(fused, np.ones_like(h1), h, a)
+    assert a.dtype == h1.dtype == da.dtype == dh.dtype == np.float32
+    assert nn.gru_input_grad(fused, da).dtype == np.float32
+    np.testing.assert_allclose(h1, cell.forward(x, h)[0], rtol=1e-6)
+    with pytest.raises(DataError, match=r"expected a of shape \(3, N, 3\)"):
+        nn.gru_step_forward(fused, np.zeros((2, 9), np.float32), h)
+    with pytest.raises(DataError, match="dtype float32"):
+        nn.gru_step_forward(fused, np.zeros((3, 2, 3)), np.zeros((2, 3)))
+    with pytest.raises(DataError, match=r"dh_new shaped like h \(2, 3\)"):
+        nn.gru_step_backward(fused, np.zeros((5, 3), np.float32), h, a)
+    with pytest.raises(DataError, match="missing"):
+        nn.gru_fuse({"W_r": fused["W"][0]})
+    with pytest.raises(DataError, match=r"expected x of shape \(M, 4\)"):
+        nn.gru_fused_grads(cell.grad_arrays(), np.zeros((2, 5), np.float32), h, h, da)
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient accumulation and zero_grad
 # ---------------------------------------------------------------------------------------------

@@ -125,6 +125,22 @@ def test_loss_is_deterministic_and_float32_trains():
     assert m.loss(x, 3)[0] < l1 - 5
 
 
+def test_training_buffers_are_reused_safely():
+    """loss() reuses its time-major arrays between calls: another batch size in between, or an
+    evaluation pass, must not change the next loss or its gradients."""
+    m = small_model(T=5, D=4, seed=4)
+    x8, x3 = binary(8, 20, seed=5), binary(3, 20, seed=6)
+    l1, g1 = m.loss(x8, 1)
+    g1 = {k: v.copy() for k, v in g1.items()}
+    m.loss(x3, 2)
+    m.step_terms(x3, 3)
+    l2, g2 = m.loss(x8, 1)
+    fresh_loss, fresh_grads = build("vrnn", m.config).loss(x8, 1)
+    assert l1 == l2 == fresh_loss
+    for k in g1:
+        assert np.array_equal(g1[k], g2[k]) and np.array_equal(g1[k], fresh_grads[k]), k
+
+
 # ----------------------------------------------------------------------------------------------
 # evaluation: log weights of whole trajectories, importance sampling
 # ----------------------------------------------------------------------------------------------
