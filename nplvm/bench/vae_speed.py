@@ -16,6 +16,12 @@ Timed for nplvm, each on its own epoch after a few warm-up steps (JIT compilatio
   fit         nplvm.train.fit for one epoch without validation (adds the finiteness checks and
               gradient norm the fit loop does on every step)
 
+Threads.  BLAS (OpenBLAS, pthreads) and Numba keep separate thread pools; with both at 2 threads
+on 2 cores, one pool's idle threads spin while the other works, and a step took ~2x longer here
+(measured: 4.8 s vs 11.0 s per epoch on a busy machine).  So BLAS gets ``--threads`` and the
+Numba elementwise kernels, small at batch 128, run on ``--numba-threads`` (default 1): never more
+than ``--threads`` busy threads, like PyTorch's single pool.
+
 When PyTorch is importable the same model, loss (BCE with logits + analytic KL, mean over the
 batch), optimiser and loop run in the same process with ``torch.set_num_threads(threads)`` and
 ``torch.set_flush_denormal(True)``, and the ratio nplvm / PyTorch is printed (< 1 means nplvm
@@ -125,6 +131,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--numba-threads", type=int, default=1,
+                   help="threads of the Numba elementwise kernels (default 1: see the module docstring)")
     p.add_argument("--repeats", type=int, default=1, help="epochs timed per side (best reported)")
     p.add_argument("--steps", type=int, default=None, help="time only this many steps per epoch (smoke test)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if importable")
@@ -136,7 +144,7 @@ def main(argv=None):
     threadpool_limits(args.threads)
     try:
         import numba
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(min(args.numba_threads, numba.config.NUMBA_NUM_THREADS))
     except Exception:
         pass
 
@@ -150,7 +158,8 @@ def main(argv=None):
     nb = -(-len(x) // args.batch_size) if steps is None else steps
     print(f"data: {name}, {x.shape}; batch {args.batch_size} -> {nb} steps per epoch; "
           f"784-{'-'.join(map(str, hidden))}-{args.latent}; threads {args.threads}; "
-          f"kernels: {kernels.resolve_backend(x[:1].astype(np.float32))}")
+          f"kernels: {kernels.resolve_backend(x[:1].astype(np.float32))} "
+          f"(numba threads {args.numba_threads})")
 
     model = VAE(x_dim=x.shape[1], hidden=hidden, latent=args.latent, activation="relu", seed=args.seed)
     opt = Adam(args.lr)
