@@ -177,3 +177,16 @@ def test_bad_config_raises():
         VAE(latent=0)
     with pytest.raises(ValueError, match="hidden"):
         VAE(hidden="512,x")
+
+
+# -- the benchmarks, end to end with tiny settings ------------------------------------------------
+
+def test_benchmarks_run_end_to_end(tmp_path, capsys):
+    from nplvm.bench import vae_quality, vae_speed
+    best = vae_speed.main(["--data", "offline", "--steps", "3", "--no-torch", "--hidden", "32,32", "--latent", "4"])
+    assert best["nplvm"] > 0
+    res = vae_quality.main(["--data", "offline", "--epochs", "1", "--k", "2", "--hidden", "16", "--latent", "3",
+                            "--n-test", "20", "--K", "10", "--batch-size", "100", "--out", str(tmp_path)])
+    assert res["epochs"] == 1 and res["K"] == 10 and res["n_test"] == 20
+    assert res["test_nll"] <= res["test_nelbo"] + 2.0            # IS with K = 10 vs the 1-sample bound
+    assert (tmp_path / "result.json").is_file() and (tmp_path / "checkpoint.npz").is_file()
