@@ -214,3 +214,86 @@ def test_float32_training_step_lowers_the_loss():
         assert all(v.dtype == np.float32 for v in g.values())
         opt.step(m.params, g)
     assert m.loss(x, 0)[0] < first - 0.5
+
+
+# -- the VaDE-style initialisation: pretraining loss, prior init, y-head cross-entropy ----------
+
+def test_pretrain_loss_gradient_check_and_equation():
+    """The plain-VAE pretraining loss (y input off, p(z) = N(0, I)): every entry of every
+    parameter against central differences, and its value against the equation written out."""
+    from nplvm.gradcheck import check_grad
+    m = tiny(K=3, L=2)
+    x = binary(5, 12)
+    eps = np.random.default_rng(4).standard_normal((5, 2))
+    loss, grads = m.pretrain_loss(x, None, eps=eps, beta=0.3)
+    for name, p in m.params.items():
+        err = check_grad(lambda: m.pretrain_loss(x, None, eps=eps, beta=0.3)[0], p, grads[name], eps=1e-5)
+        assert err < 1e-6, f"{name}: relative error {err:.1e}"
+    for name in ("prior_mu", "prior_logvar", "y_head.layers.0.W", "y_head.layers.0.b"):
+        assert np.all(grads[name] == 0.0)                      # untouched by the pretraining
+    h, _ = m.trunk.forward(x)                                  # the equation, by hand
+    out, _ = m.z_head.forward(np.concatenate([h, np.zeros((5, 3))], 1))
+    mu, logvar = out[:, :2], out[:, 2:]
+    logits, _ = m.decoder.forward(mu + np.exp(logvar / 2) * eps)
+    nll = (np.logaddexp(0, logits) - x * logits).sum(1)
+    kl = 0.5 * (np.exp(logvar) + mu ** 2 - 1 - logvar).sum(1)
+    np.testing.assert_allclose(loss, (nll + 0.3 * kl).mean(), rtol=1e-12)
+    np.testing.assert_allclose(m.pretrain_codes(x), mu, rtol=1e-12)
+
+
+def test_y_head_loss_gradient_check_and_value():
+    from nplvm.gradcheck import check_grad
+    m = tiny(K=4, L=2)
+    x = binary(6, 12)
+    r = np.random.default_rng(2).dirichlet(np.ones(4), size=6)          # soft targets (N, K)
+    loss, grads = m.y_head_loss(x, r)
+    log_pi = np.log(m.responsibilities(x))
+    np.testing.assert_allclose(loss, -(r * log_pi).sum(1).mean(), rtol=1e-12)
+    for name, p in m.params.items():
+        err = check_grad(lambda: m.y_head_loss(x, r)[0], p, grads[name], eps=1e-5)
+        assert err < 1e-6, f"{name}: relative error {err:.1e}"
+    assert np.all(grads["decoder.layers.0.W"] == 0.0) and np.all(grads["prior_mu"] == 0.0)
+    with pytest.raises(DataError, match="simplex"):
+        m.y_head_loss(x, np.full((6, 4), 0.5))
+    with pytest.raises(DataError, match="targets"):
+        m.y_head_loss(x, r[:, :3])
+
+
+def test_init_prior_makes_q_z_independent_of_y():
+    """After init_prior: p(z|y) = the given Gaussians, and q(z|x,y) = q(z|x, 0) for every y, so the
+    per-component KL(q(z|x) || p(z|y)) ranks the components as the mixture does."""
+    m = tiny(K=3, L=2)
+    x = binary(4, 12)
+    means = np.array([[0.0, 1.0], [2.0, -1.0], [-3.0, 0.5]])
+    var = np.array([[1.0, 0.5], [2.0, 1.0], [0.3, 0.3]])
+    m.init_prior(means, var)
+    np.testing.assert_allclose(m.prior_mu.value, means)
+    np.testing.assert_allclose(np.exp(m.prior_logvar.value), var)
+    codes = m.pretrain_codes(x)
+    h, _ = m.trunk.forward(x)
+    for k in range(3):
+        out, _ = m.z_head.forward(np.concatenate([h, np.eye(3)[[k] * 4]], 1))
+        np.testing.assert_allclose(out[:, :2], codes, rtol=1e-12)
+    with pytest.raises(DataError, match="variances > 0"):
+        m.init_prior(means, -var)
+    with pytest.raises(DataError, match="means"):
+        m.init_prior(means[:2], var)
+
+
+def test_vade_init_recovers_planted_clusters():
+    """The whole VaDE init on data with two well-separated binary prototypes: without labels,
+    q(y|x) ends up separating them (accuracy 1 under the best matching)."""
+    from nplvm.bench.gmvae_cluster import vade_init
+    g = np.random.default_rng(0)
+    protos = np.zeros((2, 20))
+    protos[0, :10] = protos[1, 10:] = 1
+    labels = np.repeat([0, 1], 100)
+    flip = g.random((200, 20)) < 0.05
+    x = np.abs(protos[labels] - flip).astype(np.float64)
+    m = GMVAE(x_dim=20, n_components=2, z_dim=2, hidden=[16], activation="tanh", seed=0)
+    info = vade_init(m, x, pretrain_epochs=15, pretrain_beta=0.1, yhead_epochs=15, gmm_inits=3,
+                     lr=1e-2, batch_size=50, seed=0, log=None)
+    assert info["pretrain_nelbo"][-1] < info["pretrain_nelbo"][0]
+    assert info["yhead_ce"][-1] < info["yhead_ce"][0]
+    assert cluster_accuracy(labels, info["gmm_assign"]) == 1.0
+    assert cluster_accuracy(labels, m.predict(x)) == 1.0
