@@ -21,7 +21,7 @@ What it prints and draws (``--out``, default figures/08_gmvae/):
   4. samples drawn per component (one row per y), the prior means mu_y decoded, and the
      per-component KL and usage.
 
-    python lessons/08_gmvae.py                 # about a minute or two on a laptop CPU
+    python lessons/08_gmvae.py                 # about three minutes on one laptop core
     python lessons/08_gmvae.py --quick         # seconds (the test suite runs this)
 """
 from __future__ import annotations
@@ -129,9 +129,9 @@ def main(argv=None):
           f"labels, {epochs} epochs" + (f", KL warm-up over {warmup}" if warmup else ""))
     init_acc = None
     if not args.no_vade:       # pretrain as a VAE (y off), GMM on the codes -> p(z|y), q(y|x)
-        info = vade_init(model, x_train, pretrain_epochs=2 if q else 20, pretrain_beta=0.1,
-                         yhead_epochs=2 if q else 10, gmm_inits=2 if q else 20,
-                         gmm_covariance="full", seed=args.seed, log=None)
+        info = vade_init(model, x_train, pretrain_epochs=15 if q else 20, pretrain_beta=0.1,
+                         yhead_epochs=10, gmm_inits=3 if q else 20,
+                         gmm_covariance="full", lr=3e-3 if q else 1e-3, seed=args.seed, log=None)
         init_acc = clustering_report(model, x_eval, y_eval)["accuracy"]
         print(f"    VaDE init ({info['seconds']:.0f} s): accuracy of argmax q(y|x) before any ELBO "
               f"step {init_acc:.3f}")

@@ -18,6 +18,7 @@ def test_lesson_08_quick(tmp_path, capsys):
     assert res["variance_ratio"] > 10                          # ... with far more variance
     assert len(res["accuracy"]) == 3 and all(0.0 < a <= 1.0 for a in res["accuracy"])
     assert res["final_accuracy"] > 0.1                         # better than one cluster for all
+    assert res["init_accuracy"] > 0.1                          # the VaDE init: q(y|x) already sorts
     assert np.isclose(res["usage"].sum(), 1.0) and np.all(res["kl_per_component"] >= 0)
     assert np.all(np.isfinite(res["nelbo"])) and res["nelbo"][-1] < res["nelbo"][0]
     names = {Path(f).name for f in res["figures"]}
