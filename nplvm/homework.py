@@ -82,6 +82,10 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "The GMVAE gradient with y summed exactly: through q(y|x) and, per component, by reparameterization",
         regions=("gmvae-gradient",),
         tests=("tests/test_gmvae.py",), select="grad"),
+    "gmvae-yhead": Assignment(
+        "Fitting q(y|x) to given responsibilities: the cross-entropy gradient through the softmax",
+        regions=("gmvae-yhead",),
+        tests=("tests/test_gmvae.py",), select="y_head"),
     "vrnn-bptt": Assignment(
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),
