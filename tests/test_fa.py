@@ -2,7 +2,6 @@
 the amortized linear-Gaussian q (all in float64, small shapes)."""
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 from scipy.stats import multivariate_normal
 
 from nplvm.checks import DataError
@@ -13,21 +12,6 @@ from nplvm.models.linear_gaussian_q import LinearGaussianQ, optimal_diagonal_var
 
 D, L, N = 8, 3, 400
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These are small problems: one BLAS (and Numba) thread avoids oversubscription on a shared
-    machine, where many threads per tiny matmul can be 10-20x slower."""
-    try:
-        import numba
-        before = numba.get_num_threads()
-        numba.set_num_threads(1)
-    except Exception:  # numba missing: nothing to limit
-        numba = None
-    with threadpool_limits(1):
-        yield
-    if numba is not None:
-        numba.set_num_threads(before)
 
 
 def make_fa_data(n=N, d=D, l=L, seed=0, mean=1.0):

@@ -2,7 +2,6 @@
 well-separated clusters, stability far from every component, clear errors."""
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 from scipy.stats import multivariate_normal
 
 from nplvm.checks import DataError
@@ -10,21 +9,6 @@ from nplvm.models.gmm import GaussianMixture, gaussian_log_prob
 
 TRUE_MEANS = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 1.0], [0.0, 7.0, -2.0]])
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These are small problems: one BLAS (and Numba) thread avoids oversubscription on a shared
-    machine, where many threads per tiny matmul can be 10-20x slower."""
-    try:
-        import numba
-        before = numba.get_num_threads()
-        numba.set_num_threads(1)
-    except Exception:  # numba missing: nothing to limit
-        numba = None
-    with threadpool_limits(1):
-        yield
-    if numba is not None:
-        numba.set_num_threads(before)
 
 
 def make_mixture_data(n=600, seed=0):

@@ -4,7 +4,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from threadpoolctl import threadpool_limits
 
 LESSON = Path(__file__).resolve().parent.parent / "lessons" / "01_factor_analysis.py"
 
@@ -15,18 +14,7 @@ def result(tmp_path_factory):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path_factory.mktemp("lesson01")
-    try:
-        import numba
-        before = numba.get_num_threads()
-        numba.set_num_threads(1)
-    except Exception:
-        numba = None
-    try:
-        with threadpool_limits(1):          # small matrices: one thread avoids oversubscription
-            return module.main(["--quick", "--out", str(out), "--seed", "0"])
-    finally:
-        if numba is not None:
-            numba.set_num_threads(before)
+    return module.main(["--quick", "--out", str(out), "--seed", "0"])
 
 
 def test_every_check_holds(result):

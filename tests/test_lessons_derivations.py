@@ -35,29 +35,6 @@ def load_lesson(stem):
     return mod
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded():
-    limits = None
-    try:
-        from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(limits=1)
-    except ImportError:
-        pass
-    numba_threads = None
-    try:
-        import numba
-        numba_threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-    except Exception:
-        pass
-    yield
-    if numba_threads is not None:
-        import numba
-        numba.set_num_threads(numba_threads)
-    if limits is not None:
-        limits.restore_original_limits()
-
-
 def run_quick(stem, tmp_path):
     res = load_lesson(stem).main(["--quick", "--out", str(tmp_path), "--seed", "0"])
     failed = {k: v for k, v in res["checks"].items() if not v["ok"]}
