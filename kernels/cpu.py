@@ -190,7 +190,11 @@ def bernoulli_nll(x, logits, weight=None):
     x, logits: (N, D).  Returns nll (N,), dnll/dlogits (N, D), in the dtype of logits.
     """
     dt = _float_dtype(logits, "logits")
-    x = _as(x, dt)
+    # Row-major copies of strided inputs: the kernel walks rows, and x gathered from a Fortran-
+    # ordered data set (column stride 1 byte, row stride N) measured 11x slower (1.2 ms vs 0.11 ms
+    # at (128, 784)) than the 0.05 ms a copy costs.  No copy when already C-contiguous.
+    x = np.ascontiguousarray(x, dtype=dt)
+    logits = np.ascontiguousarray(logits)
     N, D = logits.shape
     nll = np.empty(N, dt)
     dl = np.empty((N, D), dt)
@@ -415,13 +419,55 @@ def _activate_scalar(h, act, fast):
 # The tails of the linear layer run on one thread: they come right after a BLAS call, whose
 # worker threads keep spinning for a while afterwards, and a second Numba thread competing with
 # them for 2 cores measured slower than one thread.
-@njit(**_JIT)
-def _bias_act_inplace(h, b, act, fast):
-    """h <- act(h + b) in one pass over h (N, O); b (O,)."""
+#
+# The activation must be a compile-time constant inside the loop.  With ``act`` a run-time
+# argument the loop body holds every activation's branch (libm tanh and expm1 included), LLVM
+# neither unswitches nor vectorizes it, and the ReLU backward of a (128, 512) layer measured
+# 0.25 ms against 0.03 ms for NumPy's dy * (y > 0) plus a column sum.  So each loop is written
+# once (inline="always") and the kernels below call it with a *constant* act in each branch of
+# a dispatch outside the loop: LLVM folds the other activations away and vectorizes what is
+# left (the same ReLU backward: 0.009 ms; forward bias + ReLU 0.037 -> 0.004 ms).
+@njit(inline="always", **_JIT)
+def _bias_act_rows(h, b, act, fast):
+    """h <- act(h + b) in one pass over h (N, O); b (O,).  act, fast: constants (see above)."""
     N, O = h.shape
     for i in range(N):
         for j in range(O):
             h[i, j] = _activate_scalar(h[i, j] + b[j], act, fast)
+
+
+@njit(inline="always", **_JIT)
+def _bias_act_dispatch(h, b, act, fast):
+    """Branch on the run-time act once, outside the loop; fast is already a constant here."""
+    if act == _RELU:
+        _bias_act_rows(h, b, _RELU, fast)
+    elif act == _TANH:
+        _bias_act_rows(h, b, _TANH, fast)
+    elif act == _SIGMOID:
+        _bias_act_rows(h, b, _SIGMOID, fast)
+    elif act == _SOFTPLUS:
+        _bias_act_rows(h, b, _SOFTPLUS, fast)
+    elif act == _ELU:
+        _bias_act_rows(h, b, _ELU, fast)
+    else:
+        _bias_act_rows(h, b, _IDENTITY, fast)
+
+
+@njit(**_JIT)
+def _bias_act_f32(h, b, act):
+    """h <- act(h + b) in float32 (exp32 / log1p01_32 for sigmoid and softplus)."""
+    _bias_act_dispatch(h, b, act, True)
+
+
+@njit(**_JIT)
+def _bias_act_libm(h, b, act):
+    """h <- act(h + b) with libm exp / log1p (float64)."""
+    _bias_act_dispatch(h, b, act, False)
+
+
+def _bias_act_inplace(h, b, act, fast):
+    """h <- act(h + b) in place; h (N, O), b (O,), act an index into ACTIVATIONS."""
+    (_bias_act_f32 if fast else _bias_act_libm)(h, b, act)
 
 
 @njit(inline="always", **_JIT)
@@ -442,15 +488,36 @@ def _act_grad_scalar(y, act):
     return one
 
 
-@njit(**_JIT)
-def _act_backward(dy, y, act, dh, db):
-    """dh = dy * act'(y) and the bias gradient db = sum_n dh (accumulated in float64) in one pass."""
+@njit(inline="always", **_JIT)
+def _act_backward_rows(dy, y, act, dh, db):
+    """dh = dy * act'(y) and db += sum_n dh in one pass, row by row (both loops contiguous:
+    the inner loop runs along a row of dy, y, dh and along db, so it vectorizes).  act: constant."""
     N, O = dy.shape
     for i in range(N):
         for j in range(O):
             g = dy[i, j] * _act_grad_scalar(y[i, j], act)
             dh[i, j] = g
             db[j] += g
+
+
+@njit(**_JIT)
+def _act_backward(dy, y, act, dh, db):
+    """dh = dy * act'(y) and the bias gradient db = sum_n dh (accumulated in float64) in one pass.
+
+    The run-time ``act`` picks one of six loops, each compiled with its activation constant.
+    """
+    if act == _RELU:
+        _act_backward_rows(dy, y, _RELU, dh, db)
+    elif act == _TANH:
+        _act_backward_rows(dy, y, _TANH, dh, db)
+    elif act == _SIGMOID:
+        _act_backward_rows(dy, y, _SIGMOID, dh, db)
+    elif act == _SOFTPLUS:
+        _act_backward_rows(dy, y, _SOFTPLUS, dh, db)
+    elif act == _ELU:
+        _act_backward_rows(dy, y, _ELU, dh, db)
+    else:
+        _act_backward_rows(dy, y, _IDENTITY, dh, db)
 
 
 def linear_forward(x, W, b, act="identity"):
@@ -513,19 +580,25 @@ def _adam_range(p, g, m, v, beta1, beta2, c1, c2, step, eps_hat, tiny, start, st
 _ADAM_CHUNK = 1 << 14     # below this many parameters one thread is faster than waking another
 
 
-@njit(parallel=True, **_JIT)
-def _adam_parallel(p, g, m, v, beta1, beta2, c1, c2, step, eps_hat, tiny):
-    """Chunks of _ADAM_CHUNK entries shared between threads."""
-    P = p.shape[0]
-    for c in prange((P + _ADAM_CHUNK - 1) // _ADAM_CHUNK):
-        _adam_range(p, g, m, v, beta1, beta2, c1, c2, step, eps_hat, tiny,
-                    c * _ADAM_CHUNK, min((c + 1) * _ADAM_CHUNK, P))
-
-
 @njit(**_JIT)
 def _adam_serial(p, g, m, v, beta1, beta2, c1, c2, step, eps_hat, tiny):
-    """The same on one thread (small parameters, e.g. biases)."""
+    """The update of all of p on one thread (small parameters, e.g. biases; or one chunk)."""
     _adam_range(p, g, m, v, beta1, beta2, c1, c2, step, eps_hat, tiny, 0, p.shape[0])
+
+
+@njit(parallel=True, **_JIT)
+def _adam_parallel(p, g, m, v, beta1, beta2, c1, c2, step, eps_hat, tiny):
+    """Chunks of _ADAM_CHUNK entries shared between threads, each chunk by ``_adam_serial``.
+
+    The chunk is handed to the separately compiled serial kernel as slices, not inlined into
+    the prange body: inlined there, the loop did not vectorize and a (784, 512) update took
+    1.2 ms on one thread against 0.12 ms for the serial kernel (Numba 0.68).
+    """
+    P = p.shape[0]
+    for c in prange((P + _ADAM_CHUNK - 1) // _ADAM_CHUNK):
+        a = c * _ADAM_CHUNK
+        b = min(a + _ADAM_CHUNK, P)
+        _adam_serial(p[a:b], g[a:b], m[a:b], v[a:b], beta1, beta2, c1, c2, step, eps_hat, tiny)
 
 
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):
