@@ -216,22 +216,43 @@ def load_checkpoint(path, model=None):
 # The loop
 # ----------------------------------------------------------------------------------------------
 
+def _sq_norm(g):
+    """||g||^2 of one gradient array by one BLAS dot (in g's dtype), as a Python float."""
+    flat = g.ravel()
+    return float(xp_of(g).dot(flat, flat))
+
+
 def _global_norm(grads):
-    """sqrt(sum_k ||g_k||^2) over all gradient arrays, as a Python float."""
-    return math.sqrt(sum(float(xp_of(g).vdot(g.ravel(), g.ravel())) for g in grads.values()))
+    """sqrt(sum_k ||g_k||^2) over all gradient arrays, as a Python float (inf or NaN, silently,
+    when an entry is, or when the squares overflow the dtype)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.sqrt(sum(_sq_norm(g) for g in grads.values()))
 
 
-def _check_grads(loss, grads, params, epoch, batch, ckpt_note):
+def _checked_norm(loss, grads, params, epoch, batch, ckpt_note):
+    """The global gradient norm ||g|| = sqrt(sum_k ||g_k||^2), after checking the loss, that
+    every parameter has a gradient, and that every gradient is finite.
+
+    One pass over the gradients: a NaN or inf entry makes its array's sum of squares NaN or inf,
+    so a finite norm proves every entry finite, and the arrays are searched one by one (to name
+    the culprit in the TrainingDiverged) only when it is not.  A norm that overflows although
+    every entry is finite (float32 squares above 3.4e38, entries above ~1.8e19) is recomputed
+    in float64.
+    """
     where = f"epoch {epoch + 1}, batch {batch}"
     if not math.isfinite(loss):
         raise TrainingDiverged(f"the loss became {loss} at {where}; {ckpt_note}", epoch + 1, batch, "loss")
     missing = set(params) - set(grads)
     if missing:
         raise KeyError(f"model.loss returned no gradient for {sorted(missing)}")
+    norm = _global_norm(grads)
+    if math.isfinite(norm):
+        return norm
     for name, g in grads.items():
         if not bool(xp_of(g).isfinite(g).all()):
             raise TrainingDiverged(f"the gradient of {name!r} holds NaN/inf at {where} "
                                    f"(loss {loss:.6g}); {ckpt_note}", epoch + 1, batch, name)
+    return math.sqrt(sum(_sq_norm(g.astype("float64")) for g in grads.values()))
 
 
 def evaluate(model, x, batch_size=100, seed=0):
@@ -331,6 +352,11 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
         out.mkdir(parents=True, exist_ok=True)
         _write_metrics(out / METRICS, history)         # drop lines past the checkpoint, if any
 
+    if isinstance(x_train, np.ndarray) and not x_train.flags.c_contiguous:
+        # Every batch gathers rows: from a Fortran-ordered array (as np.load returns arrays saved
+        # in that order) each row is a strided gather and the batch comes out column-major,
+        # which measured 0.7 ms per (128, 784) batch against 0.05 ms from a row-major copy.
+        x_train = np.ascontiguousarray(x_train)
     n_batches = -(-n // batch_size)
     show_bar = progress and sys.stderr.isatty()
     for epoch in range(start, epochs):
@@ -348,8 +374,7 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
             xb = xp.asarray(x_train[idx], dtype=dtype)
             loss, grads = model.loss(xb, batch_rng(seed, epoch, b))
             loss = float(loss)
-            _check_grads(loss, grads, model.params, epoch, b, ckpt_note)
-            norm = _global_norm(grads)
+            norm = _checked_norm(loss, grads, model.params, epoch, b, ckpt_note)   # NaN/inf: raises
             norm_sum += norm
             if clip_norm is not None and norm > clip_norm:
                 scale = clip_norm / norm                  # g <- g * clip_norm / ||g||

@@ -290,6 +290,34 @@ def test_nan_raises_and_last_good_checkpoint_survives(tmp_path, what, name):
     assert all(np.isfinite(v).all() for v in model.params.values())
 
 
+def test_checked_norm_one_pass_names_the_culprit_and_survives_overflow():
+    """The fit loop's single norm computation: a finite norm is the global norm; inf or NaN in
+    one array is named; finite float32 gradients whose squares overflow are not 'diverged'."""
+    params = {"a": np.zeros(3), "b": np.zeros(2)}
+    g = {"a": np.array([3.0, 0.0, 0.0]), "b": np.array([0.0, 4.0])}
+    assert train._checked_norm(1.0, g, params, 0, 0, "") == pytest.approx(5.0, rel=1e-15)
+    for bad in (np.inf, -np.inf, np.nan):
+        g_bad = {"a": g["a"], "b": np.array([0.0, bad])}
+        with pytest.raises(TrainingDiverged, match="gradient of 'b'.*epoch 3, batch 7") as info:
+            train._checked_norm(1.0, g_bad, params, 2, 7, "")
+        assert info.value.name == "b"
+    huge = {"a": np.full(3, 3e19, np.float32), "b": np.zeros(2, np.float32)}   # 9e38 > float32 max
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.dot(huge["a"], huge["a"]))
+    assert train._checked_norm(1.0, huge, params, 0, 0, "") == pytest.approx(3e19 * np.sqrt(3), rel=1e-6)
+    with pytest.raises(KeyError, match="no gradient for \\['b'\\]"):
+        train._checked_norm(1.0, {"a": g["a"]}, params, 0, 0, "")
+
+
+def test_fortran_ordered_data_gives_the_same_run():
+    """fit gathers rows from a row-major copy of a Fortran-ordered x_train: same history."""
+    x = _data()
+    h_c = fit(ToyGauss(), Momentum(), x, epochs=1, batch_size=20, progress=False, log=None)
+    h_f = fit(ToyGauss(), Momentum(), np.asfortranarray(x), epochs=1, batch_size=20,
+              progress=False, log=None)
+    assert h_c[0]["train_nelbo"] == h_f[0]["train_nelbo"]
+
+
 def test_nan_without_out_dir_still_raises():
     with pytest.raises(TrainingDiverged, match="no checkpoint of this run was written"):
         _fit(None, model=Poisoned(at=2))
