@@ -13,10 +13,17 @@ Every public function here has the signature and the meaning of its twin in ``re
   measured in tests/test_kernels.py over dense sweeps (exp32 within 1 ulp, log1p01_32 within
   3 ulp of the correctly rounded float32 result).  float64, the dtype of gradient checks, keeps libm: it matches the reference
   to ~1e-15 relative.
-* **Threads.**  The Bernoulli kernel and Adam are ``parallel=True`` (``prange``) and use
-  Numba's thread count (``numba.set_num_threads``); the small KL kernels and the linear layer's
-  elementwise tails stay on one thread (waking a thread, or fighting BLAS's spinning threads for
-  the cores, costs more than they do).
+* **Threads.**  The products are BLAS calls and use BLAS's threads (by default one per core;
+  ``threadpoolctl.threadpool_limits`` caps them).  The Numba kernels run on the calling thread
+  unless asked otherwise: BLAS does ~80% of a VAE step, and a second thread pool (Numba's) on the
+  same cores fights BLAS's, each pool's idle threads spinning while the other works.  Measured
+  on a busy 2-core machine, 784-512-512-32 VAE at batch 128 with 2 BLAS threads: 114 ms a step
+  with the Bernoulli and Adam kernels on 2 Numba threads, 50 ms with them on the calling thread.
+  ``set_num_threads(n)`` (or the environment variable ``NPLVM_KERNEL_THREADS=n``) lets those two
+  kernels share large arrays between n Numba threads (worth trying when BLAS is held to one
+  thread, or cores are many); at 1, the default, Numba never starts its pool for them.  The KL
+  kernels and the linear layer's elementwise tails are always serial (small, and right after a
+  BLAS call); ``matmul_tiled``, the teaching kernel, always uses Numba's threads.
 * **BLAS for products.**  ``matmul`` and the products inside ``linear_*`` call ``np.dot``
   (OpenBLAS): it measures ~5x faster than the hand-tiled ``matmul_tiled`` below (see
   ``python -m kernels.bench``), so the layer fuses only the cheap elementwise tail (bias +
@@ -29,7 +36,9 @@ so each kernel is only ever compiled for float32 and float64.
 from __future__ import annotations
 
 import math
+import os
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -141,47 +150,117 @@ def _row_weights(weight, n, dt):
 
 
 # ------------------------------------------------------------------------------------------
+# Threads of the parallel kernels (see "Threads" in the module docstring)
+# ------------------------------------------------------------------------------------------
+_PARALLEL_MIN_ELEMENTS = 1 << 15      # below this many elements one thread beats waking others
+
+
+def _threads_from_env():
+    text = os.environ.get("NPLVM_KERNEL_THREADS", "1")
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"expected NPLVM_KERNEL_THREADS to be a positive integer, got {text!r}")
+    return n
+
+
+_threads = None                       # read from the environment on first use
+
+
+def get_num_threads():
+    """Threads the Bernoulli and Adam kernels may use (1: the calling thread only)."""
+    global _threads
+    if _threads is None:
+        set_num_threads(_threads_from_env())
+    return _threads
+
+
+def set_num_threads(n):
+    """Let the Bernoulli NLL and Adam kernels share large arrays between n Numba threads.
+
+    n = 1 (the default, or ``NPLVM_KERNEL_THREADS``): every kernel runs on the calling thread.
+    n > 1: also ``numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))`` (for the
+    calling thread, as Numba's setting is per thread).  Returns the previous value.
+    """
+    global _threads
+    if int(n) != n or n < 1:
+        raise ValueError(f"expected a positive integer number of threads, got {n!r}")
+    previous = _threads if _threads is not None else 1
+    _threads = int(n)
+    if _threads > 1:
+        numba.set_num_threads(min(_threads, numba.config.NUMBA_NUM_THREADS))
+    return previous
+
+
+def _parallel(size, min_size):
+    """Whether a kernel over ``size`` elements takes its parallel form."""
+    return size >= min_size and get_num_threads() > 1
+
+
+# ------------------------------------------------------------------------------------------
 # Bernoulli negative log-likelihood from logits
 # ------------------------------------------------------------------------------------------
-@njit(parallel=True, **_JIT)
-def _bernoulli_nll_f32(x, l, w, nll, dl):
-    """float32: one pass, exp taken once per logit and reused for softplus and sigmoid.
+@njit(inline="always", **_JIT)
+def _bernoulli_rows(x, l, w, nll, dl, fast):
+    """One pass over the rows of logits l (N, D), exp taken once per logit and reused:
 
     e = exp(-|l|) in (0, 1];  softplus(l) = max(l, 0) + log1p(e);
     sigmoid(l) = 1 / (1 + e) if l >= 0 else e / (1 + e).
-    The row sum is accumulated in float64.
+    The row sum is accumulated in float64.  ``fast`` (a constant where this is inlined) picks
+    exp32 / log1p01_32 (float32) or libm (float64).
     """
     N, D = l.shape
-    for i in prange(N):
+    zero = l.dtype.type(0.0)
+    one = l.dtype.type(1.0)
+    for i in range(N):
         acc = 0.0
         wi = w[i]
         for j in range(D):
             li = l[i, j]
             xi = x[i, j]
-            e = exp32(-abs(li))
-            t = f32(1.0) / (f32(1.0) + e)
-            acc += max(li, f32(0.0)) + log1p01_32(e) - xi * li     # softplus(l) - x l
-            sig = t if li >= f32(0.0) else e * t
+            e = exp32(-abs(li)) if fast else math.exp(-abs(li))
+            t = one / (one + e)
+            acc += max(li, zero) + (log1p01_32(e) if fast else math.log1p(e)) - xi * li  # softplus(l) - x l
+            sig = t if li >= zero else e * t
             dl[i, j] = wi * (sig - xi)                               # w (sigmoid(l) - x)
         nll[i] = acc
 
 
-@njit(parallel=True, **_JIT)
+@njit(**_JIT)
+def _bernoulli_nll_f32(x, l, w, nll, dl):
+    """float32, on the calling thread."""
+    _bernoulli_rows(x, l, w, nll, dl, True)
+
+
+@njit(**_JIT)
 def _bernoulli_nll_libm(x, l, w, nll, dl):
-    """Any float dtype (used for float64): the same pass with libm exp/log1p."""
-    N, D = l.shape
-    for i in prange(N):
-        acc = 0.0
-        wi = w[i]
-        for j in range(D):
-            li = l[i, j]
-            xi = x[i, j]
-            e = math.exp(-abs(li))
-            t = 1.0 / (1.0 + e)
-            acc += max(li, 0.0) + math.log1p(e) - xi * li
-            sig = t if li >= 0.0 else e * t
-            dl[i, j] = wi * (sig - xi)
-        nll[i] = acc
+    """Any float dtype (used for float64), libm exp / log1p, on the calling thread."""
+    _bernoulli_rows(x, l, w, nll, dl, False)
+
+
+_BERN_ROWS = 16           # rows per chunk of the parallel Bernoulli kernels
+
+
+@njit(parallel=True, **_JIT)
+def _bernoulli_nll_f32_parallel(x, l, w, nll, dl):
+    """float32, chunks of _BERN_ROWS rows shared between Numba's threads."""
+    N = l.shape[0]
+    for c in prange((N + _BERN_ROWS - 1) // _BERN_ROWS):
+        a = c * _BERN_ROWS
+        b = min(a + _BERN_ROWS, N)
+        _bernoulli_nll_f32(x[a:b], l[a:b], w[a:b], nll[a:b], dl[a:b])
+
+
+@njit(parallel=True, **_JIT)
+def _bernoulli_nll_libm_parallel(x, l, w, nll, dl):
+    """libm, chunks of _BERN_ROWS rows shared between Numba's threads."""
+    N = l.shape[0]
+    for c in prange((N + _BERN_ROWS - 1) // _BERN_ROWS):
+        a = c * _BERN_ROWS
+        b = min(a + _BERN_ROWS, N)
+        _bernoulli_nll_libm(x[a:b], l[a:b], w[a:b], nll[a:b], dl[a:b])
 
 
 def bernoulli_nll(x, logits, weight=None):
@@ -199,7 +278,11 @@ def bernoulli_nll(x, logits, weight=None):
     nll = np.empty(N, dt)
     dl = np.empty((N, D), dt)
     w = _row_weights(weight, N, dt)
-    (_bernoulli_nll_f32 if dt == np.float32 else _bernoulli_nll_libm)(x, logits, w, nll, dl)
+    if _parallel(N * D, _PARALLEL_MIN_ELEMENTS) and N > _BERN_ROWS:
+        kernel = _bernoulli_nll_f32_parallel if dt == np.float32 else _bernoulli_nll_libm_parallel
+    else:
+        kernel = _bernoulli_nll_f32 if dt == np.float32 else _bernoulli_nll_libm
+    kernel(x, logits, w, nll, dl)
     return nll, dl
 
 
@@ -615,6 +698,6 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):
     bc2 = math.sqrt(1.0 - beta2 ** t)               # sqrt of the bias correction of v
     step = lr * bc2 / (1.0 - beta1 ** t)
     ty = dt.type
-    kernel = _adam_parallel if p.size > 2 * _ADAM_CHUNK else _adam_serial
+    kernel = _adam_parallel if _parallel(p.size, 2 * _ADAM_CHUNK) else _adam_serial
     kernel(p.reshape(-1), np.ascontiguousarray(g, dtype=dt).reshape(-1), m.reshape(-1),
                  v.reshape(-1), ty(beta1), ty(beta2), ty(1.0 - beta1), ty(1.0 - beta2), ty(step), ty(eps * bc2), ty(np.finfo(dt).tiny))

@@ -307,7 +307,7 @@ def test_adam_flushes_denormal_moments(backend, dtype):
     """A gradient that stays zero makes m and v decay geometrically: they must reach exactly 0,
     never a denormal (|m| < tiny), because denormal arithmetic is very slow on CPUs."""
     tiny = np.finfo(dtype).tiny
-    p = np.ones(2 * (1 << 15) + 3, dtype)           # large enough for the parallel cpu path
+    p = np.ones(2 * (1 << 15) + 3, dtype)           # large enough for the parallel cpu path (if on)
     m = np.full_like(p, 8 * tiny)
     m[::2] *= -1
     v = np.full_like(p, 8 * tiny)
@@ -330,6 +330,43 @@ def test_adam_non_contiguous_falls_back_to_reference():
     kernels.adam_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 1, backend="cpu")
     ref.adam_step(p2, g, m2, v2, 1e-3, 0.9, 0.999, 1e-8, 1)
     np.testing.assert_allclose(p, p2, rtol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_parallel_kernels_equal_the_serial_ones(dtype):
+    """With set_num_threads(2) the Bernoulli and Adam kernels take their prange forms on large
+    arrays: chunks of rows / entries, each by the serial code, so the results are bit for bit
+    those of the serial kernels (under the test suite's NUMBA_NUM_THREADS=1 the chunks run on
+    one thread, but through the same code)."""
+    rng = np.random.default_rng(8)
+    x, logits = _bern_inputs(rng, (300, 1031), dtype)
+    p0 = rng.standard_normal((784, 512)).astype(dtype)
+    grads = [rng.standard_normal(p0.shape).astype(dtype) for _ in range(3)]
+    out = {}
+    for threads in (1, 2):
+        previous = cpu.set_num_threads(threads)
+        try:
+            assert cpu._parallel(p0.size, 2 * cpu._ADAM_CHUNK) == (threads > 1)
+            nll, dl = cpu.bernoulli_nll(x, logits, 0.25)
+            p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+            for t, g in enumerate(grads, 1):
+                cpu.adam_step(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, t)
+        finally:
+            cpu.set_num_threads(previous)
+        out[threads] = (nll, dl, p, m, v)
+    for a, b in zip(out[1], out[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_kernel_threads_setting_is_checked(monkeypatch):
+    with pytest.raises(ValueError, match="positive integer number of threads, got 0"):
+        cpu.set_num_threads(0)
+    monkeypatch.setattr(cpu, "_threads", None)
+    monkeypatch.setenv("NPLVM_KERNEL_THREADS", "two")
+    with pytest.raises(ValueError, match="NPLVM_KERNEL_THREADS to be a positive integer, got 'two'"):
+        cpu.get_num_threads()
+    monkeypatch.setenv("NPLVM_KERNEL_THREADS", "1")
+    assert cpu.get_num_threads() == 1
 
 
 # ------------------------------------------------------------------------------------------

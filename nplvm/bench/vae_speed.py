@@ -16,11 +16,20 @@ Timed for nplvm, each on its own epoch after a few warm-up steps (JIT compilatio
   fit         nplvm.train.fit for one epoch without validation (adds the finiteness checks and
               gradient norm the fit loop does on every step)
 
-Threads.  BLAS (OpenBLAS, pthreads) and Numba keep separate thread pools; with both at 2 threads
-on 2 cores, one pool's idle threads spin while the other works, and a step took ~2x longer here
-(measured: 4.8 s vs 11.0 s per epoch on a busy machine).  So BLAS gets ``--threads`` and the
-Numba elementwise kernels, small at batch 128, run on ``--numba-threads`` (default 1): never more
-than ``--threads`` busy threads, like PyTorch's single pool.
+Threads.  ``--threads`` (default 2) is the number of threads each side may keep busy.  PyTorch
+gets ``torch.set_num_threads(threads)``: one pool for products and elementwise work.  nplvm
+gets BLAS (OpenBLAS, pthreads) limited to ``threads`` for the products, and its Numba kernels
+(the elementwise passes, Bernoulli NLL, Adam) on the calling thread, which is one of BLAS's
+threads anyway: never more than ``threads`` busy threads.  That is also what a student gets
+by default (BLAS on every core, the kernels serial; see "Threads" in kernels/cpu.py).
+``--kernel-threads n`` lets the Bernoulli and Adam kernels use a second pool of n Numba
+threads (kernels.cpu.set_num_threads); on 2 cores the two pools fight, each one's idle threads
+spinning while the other works (measured on a busy machine, 100 steps with 2 BLAS threads:
+5.0 s with serial kernels, 11.4 s with 2 Numba threads).
+
+Data.  The rows of each batch are gathered from a row-major copy of the training set (the .npz
+stores it column-major, where every batch would be a strided gather, 0.7 ms instead of
+0.05 ms), the same array for both sides.
 
 When PyTorch is importable the same model, loss (BCE with logits + analytic KL, mean over the
 batch), optimiser and loop run in the same process with ``torch.set_num_threads(threads)`` and
@@ -43,7 +52,7 @@ def load_train(source):
     source = source or os.environ.get("NPLVM_DATA")
     if source and os.path.exists(source):
         ds = load_dataset(source)
-        return ds.train, ds.name
+        return np.ascontiguousarray(ds.train), ds.name          # row-major: batches gather rows
     ds = load_dataset("offline")
     reps = -(-50000 // len(ds.train))
     return np.tile(ds.train, (reps, 1))[:50000], ds.name + " tiled to 50,000 rows"
@@ -130,9 +139,11 @@ def main(argv=None):
     p.add_argument("--latent", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--numba-threads", type=int, default=1,
-                   help="threads of the Numba elementwise kernels (default 1: see the module docstring)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads each side may keep busy: PyTorch's pool, nplvm's BLAS (default 2)")
+    p.add_argument("--kernel-threads", "--numba-threads", dest="kernel_threads", type=int, default=1,
+                   help="Numba threads of nplvm's Bernoulli and Adam kernels (default 1: the calling "
+                        "thread; see the module docstring)")
     p.add_argument("--repeats", type=int, default=1, help="epochs timed per side (best reported)")
     p.add_argument("--steps", type=int, default=None, help="time only this many steps per epoch (smoke test)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if importable")
@@ -142,24 +153,23 @@ def main(argv=None):
 
     from threadpoolctl import threadpool_limits
     threadpool_limits(args.threads)
-    try:
-        import numba
-        numba.set_num_threads(min(args.numba_threads, numba.config.NUMBA_NUM_THREADS))
-    except Exception:
-        pass
 
     import kernels
     from nplvm.models.vae import VAE, parse_hidden
     from nplvm.optim import Adam
 
     hidden = parse_hidden(args.hidden)
+    backend = kernels.resolve_backend(np.zeros((1, 1), np.float32))
+    if backend == "cpu":
+        import kernels.cpu
+        kernels.cpu.set_num_threads(args.kernel_threads)
     x, name = load_train(args.data)
     steps = args.steps
     nb = -(-len(x) // args.batch_size) if steps is None else steps
     print(f"data: {name}, {x.shape}; batch {args.batch_size} -> {nb} steps per epoch; "
-          f"784-{'-'.join(map(str, hidden))}-{args.latent}; threads {args.threads}; "
-          f"kernels: {kernels.resolve_backend(x[:1].astype(np.float32))} "
-          f"(numba threads {args.numba_threads})")
+          f"784-{'-'.join(map(str, hidden))}-{args.latent}; threads {args.threads} "
+          f"(nplvm: BLAS {args.threads}, kernels '{backend}' on "
+          f"{args.kernel_threads if backend == 'cpu' else 1} thread(s))")
 
     model = VAE(x_dim=x.shape[1], hidden=hidden, latent=args.latent, activation="relu", seed=args.seed)
     opt = Adam(args.lr)
