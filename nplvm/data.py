@@ -323,7 +323,9 @@ def load_binarized_mnist(path):
         for k in ("train", "valid", "test"):
             x = _flatten_images(f[k], f"{path}[{k!r}]")
             check_images(x, f"{path}[{k!r}]", binary=True)
-            splits.append(x.astype(np.uint8, copy=False))
+            # Row-major: a minibatch is a block of rows (the file may store the arrays column-major,
+            # which would make every batch a strided gather and every kernel pass slow).
+            splits.append(np.ascontiguousarray(x, dtype=np.uint8))
         test_labels = (_labels(f["test_labels"], len(splits[2]), "test_labels")
                        if "test_labels" in f.files else None)
     return Dataset(*splits, None, None, test_labels, name="binarized_mnist", binary=True)
