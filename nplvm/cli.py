@@ -172,6 +172,7 @@ def _checkpoint_path(p):
 
 def cmd_evaluate(args, log=print):
     from . import objectives
+    from .data import strided_subset
     from .train import load_checkpoint
 
     ckpt = _checkpoint_path(args.checkpoint)
@@ -186,7 +187,7 @@ def cmd_evaluate(args, log=print):
     ds = _load_data(source, args.quick, log)
     x = getattr(ds, args.split)
     n = args.n if args.n is not None else (QUICK_SIZES["test"] if args.quick else len(x))
-    x = _prepare(cls, x[::max(1, len(x) // n)][:n])           # strided: every digit represented
+    x = _prepare(cls, strided_subset(x, n))                    # every digit represented
     K = min(args.K, QUICK_MAX_K) if args.quick else args.K
     t0 = time.perf_counter()
     loss = objectives.mean_loss(model, x, rng=args.seed, batch=args.batch_size)

@@ -288,3 +288,12 @@ def test_published_checksum_table_is_well_formed():
         for name, (sha, size) in table.items():
             assert len(sha) == 64 and int(sha, 16) >= 0 and size > 0
     assert set(data.MNIST_FILES) == {s + ".gz" for s in data.MNIST_IDX.values()}
+
+
+def test_strided_subset_spans_a_sorted_set():
+    from nplvm.data import strided_subset
+    labels = np.repeat(np.arange(10), 100)             # sorted by digit, like the binarized test set
+    sub = strided_subset(labels, 50)
+    assert len(sub) == 50 and set(sub.tolist()) == set(range(10))
+    assert sub[0] == 0 and sub[-1] == 9                 # first and last rows included
+    assert strided_subset(labels, None) is labels and strided_subset(labels, 5000) is labels

@@ -70,7 +70,7 @@ def main(argv=None):
         pass
 
     from nplvm import objectives
-    from nplvm.data import load_dataset
+    from nplvm.data import load_dataset, strided_subset
     from nplvm.models.vae import IWAE, VAE, parse_hidden
     from nplvm.optim import Adam
     from nplvm.train import fit, load_checkpoint, save_checkpoint
@@ -78,8 +78,7 @@ def main(argv=None):
     source = args.data or os.environ.get("NPLVM_DATA") or "../shared/data/binarized_mnist.npz"
     ds = load_dataset(source)
     x_train = np.concatenate([ds.train, ds.valid]) if args.with_valid else ds.train
-    # The static binarized test set is sorted by digit: a subset takes every (10000 // n)-th image.
-    x_test = ds.test[::max(1, len(ds.test) // args.n_test)][:args.n_test] if args.n_test else ds.test
+    x_test = strided_subset(ds.test, args.n_test)       # the test set is sorted by digit
     cls = VAE if args.k == 1 else IWAE
     model = cls(x_dim=784, hidden=parse_hidden(args.hidden), latent=args.latent, activation=args.activation,
                 k=args.k, seed=args.seed)

@@ -39,18 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import load_dataset
+from ..data import load_dataset, strided_subset
 from ..models import build
 from ..objectives import importance_sampled_log_px
 from ..optim import Adam
 from ..train import evaluate, fit, load_checkpoint
-
-
-def strided_subset(x, n):
-    """n rows of x spread evenly over it (the binarized test set is sorted by digit)."""
-    if n is None or n >= len(x):
-        return x
-    return x[np.linspace(0, len(x) - 1, int(n)).round().astype(int)]
 
 
 def profile_step(model, x, n_steps=5, seed=0, top=12):
