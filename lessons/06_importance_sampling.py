@@ -354,10 +354,7 @@ def main(argv=None):
     ax.legend(fontsize=8, loc="lower right")
     results["figures"].append(C.save_figure(fig, args.out / "k_sample_bound.png"))
 
-    print(table)
-    results["checks"] = table.to_dict()
-    results["all_ok"] = table.all_ok
-    return results
+    return C.finish(table, results)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,14 @@ class CheckTable:
         return self.render()
 
 
+def finish(table, results):
+    """Print the lesson's table of checks and record it in ``results`` (returned, for main)."""
+    print(table)
+    results["checks"] = table.to_dict()
+    results["all_ok"] = table.all_ok
+    return results
+
+
 def richardson_grad(f, x, h=1e-3):
     """df/dx for every entry of the float64 array x (perturbed in place, restored exactly).
 
