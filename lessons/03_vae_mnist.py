@@ -58,7 +58,7 @@ def extra_args(p):
 def train(model, x_train, x_valid, epochs, seed, lr=1e-3, batch_size=100):
     t0 = time.perf_counter()
     history = fit(model, Adam(lr), x_train, x_valid, epochs=epochs, batch_size=batch_size, seed=seed,
-                  progress=False, log=None)
+                  progress=True, log=lambda s: print("    " + s))
     last = history[-1]
     print(f"  {epochs} epochs in {time.perf_counter() - t0:.1f} s: train NELBO {last['train_nelbo']:.2f}, "
           f"valid NELBO {last['valid_nelbo']:.2f} nats per image")

@@ -132,7 +132,7 @@ def encoder(args, table, figures, rng, numbers):
               activation="relu", seed=args.seed)
     epochs = C.quick_or(args, 2, 15)
     fit(vae, Adam(1e-3), ds.train[:n_train], None, epochs=epochs, batch_size=100, seed=args.seed,
-        progress=False, log=None)
+        progress=True, log=None)
     x = ds.test[:C.quick_or(args, 2, 4)]
     S = C.quick_or(args, 4000, 20000)
     est = encoder_gradients(vae, x, S, rng)

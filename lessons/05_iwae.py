@@ -93,7 +93,7 @@ def main(argv=None):
         m = IWAE(k=k, **arch)                     # k = 1: the VAE with a Monte Carlo KL
         t0 = time.perf_counter()
         hists[k] = fit(m, Adam(1e-3), x_train, x_valid, epochs=epochs, batch_size=100, seed=args.seed,
-                       progress=False, log=None)
+                       progress=True, log=None)
         models[k] = m
         print(f"trained k = {k:2d}: {epochs} epochs in {time.perf_counter() - t0:.1f} s, "
               f"valid -L_{k} = {hists[k][-1]['valid_nelbo']:.2f}")

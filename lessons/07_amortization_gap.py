@@ -185,7 +185,7 @@ def main(argv=None):
     epochs = 4 if quick else 30
     model = VAE(x_dim=784, activation="tanh", seed=args.seed, **arch)   # tanh: smooth for FD checks
     fit(model, Adam(1e-3), ds.train[:n_train], epochs=epochs, batch_size=50, seed=args.seed,
-        progress=False, log=None)
+        progress=True, log=None)
     vae = as_float64(model)
     n_x = 4 if quick else 16
     x = ds.test[:n_x].astype(np.float64)

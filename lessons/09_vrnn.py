@@ -92,7 +92,7 @@ def train(args, ds):
           f"images, {epochs} epochs, Adam lr 2e-3, gradient norm clipped at 50")
     t0 = time.perf_counter()
     history = fit(model, Adam(lr=2e-3), x_train, x_valid, epochs=epochs, batch_size=50 if quick else 100,
-                  seed=args.seed, clip_norm=50.0, progress=False,
+                  seed=args.seed, clip_norm=50.0, progress=True,
                   log=(lambda s: print("    " + s)))
     print(f"    {time.perf_counter() - t0:.1f} s in all, {np.mean([h['seconds'] for h in history]):.2f} s per epoch")
     return model, history

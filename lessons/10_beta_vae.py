@@ -99,7 +99,7 @@ def main(argv=None):
     for beta in betas:
         model = VAE(x_dim=784, activation="tanh", beta=beta, seed=args.seed, **arch)   # same init
         fit(model, Adam(1e-3), x_train, epochs=epochs, batch_size=50, seed=args.seed,
-            progress=False, log=None)
+            progress=True, log=None)
         m64 = as_float64(model)
         L = m64.latent
         # (B) exactly: the loss's own draw of eps is rng(seed).standard_normal((N, L))
