@@ -332,7 +332,7 @@ def bernoulli_nll(x, logits, weight=None):
 #   3. row by row: kl_i = 1/2 sum_j term_ij, summed in float64 (only adds are left scalar).
 # Each step is a separately compiled kernel called on slices: written as loops over
 # k in range(a, b) inlined into the block loop, step 1 did not vectorize (560 us).
-_KL_BLOCK = 4096
+_KL_BLOCK = 4096          # elements; 1024 to 16384 measured within 10% at (6400, 50)
 
 
 @njit(**_JIT)
