@@ -60,3 +60,15 @@ def check_binary(x, name="x"):
 
 def _fmt(shape):
     return "(" + ", ".join("N" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def as_float64_matrix(X, name="X"):
+    """X as a finite float64 (N, D) NumPy array (the classical models' EM works in float64).
+
+    Accepts float, integer, unsigned or boolean data; raises DataError for anything else, for
+    a wrong number of dimensions, and for NaN/inf.
+    """
+    if not isinstance(X, np.ndarray):
+        raise DataError(f"expected {name} to be an array, got {type(X).__name__}")
+    check_array(X, name, ndim=2, dtype_kind="fiub")
+    return check_finite(np.asarray(X, dtype=np.float64), name)

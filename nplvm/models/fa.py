@@ -53,7 +53,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, eigh, solve
 
-from ..checks import DataError, check_array, check_finite
+from ..checks import DataError, as_float64_matrix, check_array, check_finite
 from . import register
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -487,11 +487,7 @@ class FactorAnalysis:
                              f"number of features D={D}; use at most {D}")
 
     def _check_fit_data(self, X):
-        if not isinstance(X, np.ndarray):
-            raise DataError(f"expected X to be an array, got {type(X).__name__}")
-        check_array(X, "X", ndim=2, dtype_kind="fiub")
-        X = np.asarray(X, dtype=np.float64)
-        check_finite(X, "X")
+        X = as_float64_matrix(X, "X")
         N, D = X.shape
         if N < 2:
             raise DataError(f"need at least 2 examples (rows of X) to fit, got {N}")

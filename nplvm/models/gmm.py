@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from ..checks import DataError, check_array, check_finite
+from ..checks import DataError, as_float64_matrix, check_array, check_finite
 from ..distributions import logsumexp
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -196,11 +196,7 @@ class GaussianMixture:
     # -- checks --------------------------------------------------------------------------------
 
     def _check_fit_data(self, X):
-        if not isinstance(X, np.ndarray):
-            raise DataError(f"expected X to be an array, got {type(X).__name__}")
-        check_array(X, "X", ndim=2, dtype_kind="fiub")
-        X = np.asarray(X, dtype=np.float64)
-        check_finite(X, "X")
+        X = as_float64_matrix(X, "X")
         if X.shape[0] < max(2, self.n_components):
             raise DataError(f"need at least max(2, n_components={self.n_components}) examples to "
                             f"fit, got {X.shape[0]}")
