@@ -130,11 +130,15 @@ def linear_backward(dy, x, W, y, act="identity", need_dx=True):
 
     Returns dx (N, I) (None if not need_dx), dW (I, O), db (O,).
     """
+    # SOLUTION layer-backward: the fused layer's backward: dh = dy * act'(h) from y, dW = x^T dh, db = sum_n dh, dx = dh W^T (None unless need_dx)
+    # HINT activation_grad_from_output(y, act) is act'(h), written in terms of the output y alone.
+    # HINT h = x W + b: each of dW, db, dx is one line of NumPy; return them as (dx, dW, db).
     dh = dy * activation_grad_from_output(y, act)     # through the activation
     dW = x.T @ dh                                      # h = x W + b
     db = dh.sum(axis=0)
     dx = dh @ W.T if need_dx else None
     return dx, dW, db
+    # END SOLUTION
 
 
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):

@@ -408,14 +408,12 @@ class Linear(Module):
         """
         x, y = cache
         _check_grad(dy, "dy", y)
-        # SOLUTION layer-backward: the fused layer's backward: dh = dy * act'(h) (from y), W.grad += x^T dh, b.grad += sum_n dh, return dh W^T (None unless need_dx)
-        # HINT ACTIVATION_FUNCTIONS[self.activation][1](dy, y) is dy * act'(h), computed from y alone.
-        # HINT Add to self.W.grad and self.b.grad in place (+=): a reused layer sums its gradients.
+        # The math is kernels.reference.linear_backward (homework 'layer-backward'); the kernel
+        # returns this call's dW and db, which are added: a reused layer sums its gradients.
         dx, dW, db = kernels.linear_backward(dy, x, self.W.value, y, self.activation, need_dx)
         self.W.grad += dW                             # dL/dW = x^T dh, summed over uses
         self.b.grad += db                             # dL/db = sum_n dh
         return dx                                     # dL/dx = dh W^T
-        # END SOLUTION
 
     def __repr__(self):
         return (f"Linear({self.n_in} -> {self.n_out}, activation={self.activation!r}, "
