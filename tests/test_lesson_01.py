@@ -1,20 +1,14 @@
 """Lesson 01 (factor analysis) in --quick mode: every printed check holds, the figures exist, and
 the ELBO table says what the notes say (three presentations equal, gap = KL to the posterior)."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-LESSON = Path(__file__).resolve().parent.parent / "lessons" / "01_factor_analysis.py"
-
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("lesson_01_factor_analysis", LESSON)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def result(tmp_path_factory, load_lesson):
     out = tmp_path_factory.mktemp("lesson01")
-    return module.main(["--quick", "--out", str(out), "--seed", "0"])
+    return load_lesson("01_factor_analysis").main(["--quick", "--out", str(out), "--seed", "0"])
 
 
 def test_every_check_holds(result):

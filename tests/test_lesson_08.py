@@ -1,17 +1,11 @@
 """Lesson 08 (GMVAE) in quick mode: it runs, its printed checks hold, its figures exist."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
-LESSON = Path(__file__).resolve().parent.parent / "lessons" / "08_gmvae.py"
 
-
-def test_lesson_08_quick(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("lesson_08_gmvae", LESSON)
-    lesson = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lesson)
-    res = lesson.main(["--quick", "--out", str(tmp_path), "--seed", "0"])
+def test_lesson_08_quick(tmp_path, capsys, load_lesson):
+    res = load_lesson("08_gmvae").main(["--quick", "--out", str(tmp_path), "--seed", "0"])
     out = capsys.readouterr().out
     assert res["grad_error"] < 1e-5                            # whole-model gradient check
     assert res["z_max"] < 5.0                                  # SF mean agrees with the exact sum

@@ -1,21 +1,11 @@
 """Lesson 09 (VRNN) in quick mode: every printed check holds and every figure is written."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
-LESSON = Path(__file__).resolve().parent.parent / "lessons" / "09_vrnn.py"
 
-
-def load_lesson():
-    spec = importlib.util.spec_from_file_location("lesson_09_vrnn", LESSON)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_lesson_09_quick(tmp_path):
-    result = load_lesson().main(["--quick", "--out", str(tmp_path), "--seed", "0"])
+def test_lesson_09_quick(tmp_path, load_lesson):
+    result = load_lesson("09_vrnn").main(["--quick", "--out", str(tmp_path), "--seed", "0"])
     checks = result["checks"]
     failed = [k for k, r in checks.items() if not r["ok"]]
     assert not failed, f"lesson checks failed: {failed}"

@@ -11,36 +11,22 @@ Each lesson's ``main(argv)`` returns the numbers it prints; these tests run it w
   identity to 1e-8, loss = D + beta R and D + R = -ELBO at beta = 1 to float64 rounding;
 * every figure it reports is a PNG file on disk.
 
-The lessons' arrays are tiny, so BLAS and Numba threads only add overhead (and on a shared
-machine, oversubscription); the fixture runs them single-threaded and restores the settings.
+(They run single-threaded: the repository's conftest.py pins one thread per library.)
 """
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-LESSONS = Path(__file__).resolve().parents[1] / "lessons"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def load_lesson(stem):
-    """Import lessons/<stem>.py as a module (its name starts with a digit, so not by `import`)."""
-    if str(LESSONS) not in sys.path:
-        sys.path.insert(0, str(LESSONS))
-    spec = importlib.util.spec_from_file_location(f"lesson_{stem}", LESSONS / f"{stem}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def run_quick(stem, tmp_path):
-    res = load_lesson(stem).main(["--quick", "--out", str(tmp_path), "--seed", "0"])
+def run_quick(lesson, tmp_path):
+    res = lesson.main(["--quick", "--out", str(tmp_path), "--seed", "0"])
     failed = {k: v for k, v in res["checks"].items() if not v["ok"]}
-    assert not failed, f"{stem}: checks failed: {failed}"
+    assert not failed, f"{lesson.__name__}: checks failed: {failed}"
     assert res["all_ok"] is True
-    assert res["figures"], f"{stem} wrote no figure"
+    assert res["figures"], f"{lesson.__name__} wrote no figure"
     for f in res["figures"]:
         path = Path(f)
         assert path.parent == tmp_path, f"{f} not under --out {tmp_path}"
@@ -49,8 +35,8 @@ def run_quick(stem, tmp_path):
     return res
 
 
-def test_02_kl_gaussian(tmp_path):
-    res = run_quick("02_kl_gaussian", tmp_path)
+def test_02_kl_gaussian(tmp_path, load_lesson):
+    res = run_quick(load_lesson("02_kl_gaussian"), tmp_path)
     mu, sigma = 1.0, 0.6
     assert res["kl_1d"] == pytest.approx((sigma ** 2 + mu ** 2 - 1) / 2 - np.log(sigma), abs=1e-15)
     for est, se in zip(res["kl_1d_mc"], res["kl_1d_se"]):          # MC within 4 standard errors
@@ -70,8 +56,8 @@ def test_02_kl_gaussian(tmp_path):
     assert abs(res["jensen_log_mean_w"]) <= 4 * se_log_mean_w
 
 
-def test_06_importance_sampling(tmp_path):
-    res = run_quick("06_importance_sampling", tmp_path)
+def test_06_importance_sampling(tmp_path, load_lesson):
+    res = run_quick(load_lesson("06_importance_sampling"), tmp_path)
     L, se, log_px = res["L"], res["L_se"], res["log_px"]
     # the k-sample bound: L_1 <= L_5 <= L_50 <= L_200 <= log p(x), within 3 SE of each difference
     ks = [1, 5, 50, 200]
@@ -98,8 +84,8 @@ def test_06_importance_sampling(tmp_path):
         assert central < 1e-7, (name, central)
 
 
-def test_07_amortization_gap(tmp_path):
-    res = run_quick("07_amortization_gap", tmp_path)
+def test_07_amortization_gap(tmp_path, load_lesson):
+    res = run_quick(load_lesson("07_amortization_gap"), tmp_path)
     assert max(res["grad_errors"]) < 1e-7
     amort, amort_se = res["amortization_gap"], res["amortization_gap_se"]
     approx, approx_se = res["approximation_gap"], res["approximation_gap_se"]
@@ -120,8 +106,8 @@ def test_07_amortization_gap(tmp_path):
             assert loglik >= elbo - 1e-10, label
 
 
-def test_10_beta_vae(tmp_path):
-    res = run_quick("10_beta_vae", tmp_path)
+def test_10_beta_vae(tmp_path, load_lesson):
+    res = run_quick(load_lesson("10_beta_vae"), tmp_path)
     rows = res["curve"]
     assert [r["beta"] for r in rows] == sorted(r["beta"] for r in rows) and len(rows) >= 3
     for r in rows:                                                  # loss = D + beta R, same eps

@@ -1,0 +1,25 @@
+"""Fixtures shared by the tests (the repository-wide set-up is in ../conftest.py)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+LESSONS = Path(__file__).resolve().parents[1] / "lessons"
+
+
+@pytest.fixture(scope="session")
+def load_lesson():
+    """``load_lesson(stem)`` imports lessons/<stem>.py as a module.
+
+    A lesson's file name starts with a digit, so it cannot be imported by ``import``; the lessons'
+    folder goes on sys.path for their ``import _common``.
+    """
+    def load(stem):
+        if str(LESSONS) not in sys.path:
+            sys.path.insert(0, str(LESSONS))
+        spec = importlib.util.spec_from_file_location(f"lesson_{stem}", LESSONS / f"{stem}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
