@@ -174,7 +174,6 @@ _threads = None                       # read from the environment on first use
 
 def get_num_threads():
     """Threads the Bernoulli and Adam kernels may use (1: the calling thread only)."""
-    global _threads
     if _threads is None:
         set_num_threads(_threads_from_env())
     return _threads

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # lessons/_common, al
 import _common as C  # noqa: E402  (puts the repository on sys.path)
 
 from nplvm.data import load_dataset  # noqa: E402
-from nplvm.models.fa import FactorAnalysis, fa_posterior  # noqa: E402
+from nplvm.models.fa import FactorAnalysis  # noqa: E402
 from nplvm.models.linear_gaussian_q import LinearGaussianQ  # noqa: E402
 from nplvm.plots import tile_images  # noqa: E402
 

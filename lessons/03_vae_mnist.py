@@ -89,7 +89,6 @@ def whole_model_grad_error(model, x, seed, n_entries):
 
 def main(argv=None):
     args = C.parse_args(argv, __doc__, __file__, extra_args)
-    quick = args.quick
     epochs = args.epochs or C.quick_or(args, 3, 30)
     table = C.CheckTable("Lesson 03: the VAE on MNIST")
     figures, numbers = [], {}

@@ -245,7 +245,7 @@ class DiagGaussian:
         check_array(mu, "mu")
         check_array(logvar, "logvar")
         if mu.ndim < 1:
-            raise DataError(f"expected mu of shape (..., D), got a scalar")
+            raise DataError("expected mu of shape (..., D), got a scalar")
         if mu.shape != logvar.shape:
             raise DataError(f"expected mu and logvar of the same shape, got {tuple(mu.shape)} "
                             f"and {tuple(logvar.shape)}")

@@ -1,10 +1,9 @@
 """The command line end to end in a temporary folder: train (quick), evaluate, help, errors."""
 import json
 
-import numpy as np
 import pytest
 
-from nplvm.cli import build_parser, known_kinds, main
+from nplvm.cli import known_kinds, main
 
 
 def test_train_then_evaluate_quick(tmp_path, capsys):

@@ -108,7 +108,7 @@ class VRNN(Module):
                            n_features=self.F, n_mlp=M, activation=activation, dtype=dt.name,
                            seed=int(seed))
         g = make_rng(int(seed))
-        T, D, L, H, F = self.T, self.D, self.L, self.H, self.F
+        D, L, H, F = self.D, self.L, self.H, self.F
         # feature extractors: phi_x(x_t), phi_z(z_t), both ending with the hidden activation
         self.phi_x = MLP([D, M, F], activation, g, dt, out_activation=activation)
         self.phi_z = MLP([L, F], activation, g, dt, out_activation=activation)
@@ -455,7 +455,7 @@ class VRNN(Module):
         X = self.sequences(x)
         rng = make_rng(rng)
         T, N, D = X.shape
-        L, F = self.L, self.F
+        L = self.L
         h = self.rnn.initial_state(N)
         xs, ps = [], []
         for t in range(int(n_observed)):
