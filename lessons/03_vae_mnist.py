@@ -60,7 +60,7 @@ def train(model, x_train, x_valid, epochs, seed, lr=1e-3, batch_size=100):
     history = fit(model, Adam(lr), x_train, x_valid, epochs=epochs, batch_size=batch_size, seed=seed,
                   progress=True, log=lambda s: print("    " + s))
     last = history[-1]
-    print(f"  {epochs} epochs in {time.perf_counter() - t0:.1f} s: train NELBO {last['train_nelbo']:.2f}, "
+    print(f"  {epochs} epochs in {time.perf_counter() - t0:.1f} s: train NELBO {last['train_loss']:.2f}, "
           f"valid NELBO {last['valid_nelbo']:.2f} nats per image")
     return history
 

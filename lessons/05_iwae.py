@@ -96,10 +96,10 @@ def main(argv=None):
                        progress=True, log=None)
         models[k] = m
         print(f"trained k = {k:2d}: {epochs} epochs in {time.perf_counter() - t0:.1f} s, "
-              f"valid -L_{k} = {hists[k][-1]['valid_nelbo']:.2f}")
+              f"valid -L_{k} = {hists[k][-1]['valid_loss']:.2f}")
     figures.append(str(plots.learning_curves({f"k = {k}": h for k, h in hists.items()},
-                                             args.out / "learning_curves.png", keys=("valid_nelbo",),
-                                             key_labels={"valid_nelbo": "valid -L_k"},
+                                             args.out / "learning_curves.png", keys=("valid_loss",),
+                                             key_labels={"valid_loss": "valid -L_k"},
                                              ylabel="-L_k on the validation set (nats)",
                                              title="Training on the k-sample bound")))
 

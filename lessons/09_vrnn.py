@@ -203,14 +203,14 @@ def plot_kl_per_step(args, model, x_test, nelbo, table):
 def plot_curves(args, history):
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ep = [h["epoch"] for h in history]
-    ax.plot(ep, [h["train_nelbo"] for h in history], "o-", label="train NELBO")
+    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train NELBO")
     ax.plot(ep, [h["valid_nelbo"] for h in history], "s-", label="valid NELBO")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     ax.set_title("VRNN learning curves")
     if len(history) > 2:                    # epoch 1 is far above the rest: zoom on the tail
-        top = max(history[1]["train_nelbo"], history[1]["valid_nelbo"])
-        ax.set_ylim(min(min(h["train_nelbo"], h["valid_nelbo"]) for h in history) - 2, top + 2)
+        top = max(history[1]["train_loss"], history[1]["valid_nelbo"])
+        ax.set_ylim(min(min(h["train_loss"], h["valid_nelbo"]) for h in history) - 2, top + 2)
     ax.legend()
     return C.save_figure(fig, args.out / "curves.png")
 

@@ -6,29 +6,25 @@
     python -m nplvm evaluate --checkpoint runs/vae --K 5000
     python -m nplvm models                                                  # the known kinds
 
-``train`` writes to ``--out``: ``metrics.jsonl`` (one JSON line per epoch: epoch, train_nelbo,
-valid_nelbo in nats per example, seconds, grad_norm), ``checkpoint.npz`` (every epoch, via
+``train`` writes to ``--out``: ``metrics.jsonl`` (one JSON line per epoch: epoch, train_loss and
+valid_loss (the training objective), valid_nelbo (-ELBO, comparable across objectives), in nats
+per example, seconds, grad_norm), ``checkpoint.npz`` (every epoch, via
 ``nplvm.train``) and ``run.json`` (the command line, so ``evaluate`` finds the same data).
 ``evaluate`` prints and writes ``evaluation.json`` next to the checkpoint: the test loss (the
 model's training objective), the test NELBO (one sample per example, from ``log_weights``) and
 the importance-sampled negative log-likelihood -log p(x) with K samples (Burda et al. use 5000).
 
-The plug-in hook (how a model file adds itself without editing this file)
---------------------------------------------------------------------------
+How a model gets its flags (no command-line code in model files)
+-----------------------------------------------------------------
 ``train <kind>`` looks the class up with ``nplvm.models.get_class(kind)`` (register it with
-``@nplvm.models.register(kind)`` and add the kind to ``nplvm.models._MODULES`` for lazy import),
-then uses three class attributes:
-
-``add_cli_arguments(parser)``   classmethod: add the model's own flags (``parser.add_argument``);
-                                they appear in ``python -m nplvm train <kind> --help``.  The common
-                                flags below are taken: --data --epochs --batch-size --lr --optimizer
-                                --clip-norm --seed --out --quick --resume --no-progress.
-``config_from_args(args)``      classmethod: parsed flags -> the config dict that ``Model(**config)``
-                                accepts.  The CLI sets ``args.data_dim`` (columns of the data) and
-                                ``args.seed`` before calling it.
-``prepare_data(x)``             optional classmethod/staticmethod: the (N, 784) uint8 split -> what
-                                ``loss`` and ``log_weights`` take (e.g. the VRNN's rows-as-sequences
-                                view).  Without it the rows are passed as they are.
+``@nplvm.models.register(kind)`` and add the kind to ``nplvm.models._MODULES`` for lazy import) and
+derives one flag per constructor argument from ``inspect.signature(cls.__init__)``:
+``--name-with-dashes``, typed by the default (int, float, str, bool as ``--x/--no-x``, a tuple of
+ints as ``64,32``).  ``x_dim`` comes from the data and ``seed`` from the common ``--seed``.  The help
+of each flag comes from ``PARAMETERS``, the naming table shared by every model: a new argument
+name gets a line there.  Values are validated by the constructor, whose ValueError becomes
+``error: ...`` and exit status 2.  ``prepare_data(x)`` (optional classmethod) maps the (N, 784)
+split to what ``loss`` takes (the VRNN's rows-as-sequences view).
 
 Evaluation needs only the model contract plus ``log_weights(x, K, rng) -> (K, N)``.
 """
@@ -47,6 +43,79 @@ QUICK_SIZES = {"train": 1000, "valid": 200, "test": 200}
 QUICK_MAX_K = 100
 COMMON_FLAGS = ("--data", "--epochs", "--batch-size", "--lr", "--optimizer", "--clip-norm", "--seed",
                 "--out", "--quick", "--resume", "--no-progress")
+
+
+# The naming table: one meaning per constructor argument name across all models (README,
+# "Model contract").  Each entry is the help text of the flag the CLI derives from it.
+PARAMETERS = {
+    "hidden": "hidden layer widths of the MLPs, comma-separated (the decoder mirrors the encoder)",
+    "latent": "latent size L (comma-separated sizes, bottom first, for stacked latent layers)",
+    "activation": "activation of the hidden layers: relu, tanh, sigmoid, softplus or elu",
+    "dtype": "parameter dtype: float32 to train, float64 to check gradients",
+    "k": "importance samples per example: 1 = the ELBO, > 1 = the k-sample bound L_k",
+    "kl": "the KL term with k = 1: 'analytic' (closed form) or 'mc' (Monte Carlo from the same z)",
+    "beta": "weight of the KL term (the beta-VAE; 1 = the ELBO)",
+    "n_components": "number of mixture components K (values of the discrete latent)",
+    "prior_spread": "initial distance of the prior means from the origin",
+    "n_steps": "time steps T (rows of an image)",
+    "row_size": "observations per time step D (pixels of a row)",
+    "n_latent": "size of each step's latent z_t",
+    "n_hidden": "size of the recurrent state h_t",
+    "n_features": "size of the feature extractors phi_x, phi_z",
+    "n_mlp": "width of the prior, encoder and decoder MLPs",
+}
+NOT_FLAGS = ("self", "x_dim", "seed")        # x_dim: from the data; seed: the common --seed
+
+
+def _int_list(text):
+    """argparse type: '64,32' -> (64, 32); '' or 'none' -> ()."""
+    t = str(text).strip().lower()
+    if t in ("", "none"):
+        return ()
+    parts = t.split(",")
+    if any(not p.strip().lstrip("-").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 64,32, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def model_parameters(cls):
+    """(name, default) of every constructor argument that becomes a flag, in signature order."""
+    import inspect
+    sig = inspect.signature(cls.__init__)
+    return [(n, p.default) for n, p in sig.parameters.items()
+            if n not in NOT_FLAGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def add_model_arguments(group, cls):
+    """One flag per constructor argument (see the module docstring); help from PARAMETERS."""
+    import inspect
+    for name, default in model_parameters(cls):
+        if default is inspect.Parameter.empty:
+            raise TypeError(f"{cls.__name__}.__init__ argument {name!r} needs a default for the CLI")
+        flag = "--" + name.replace("_", "-")
+        text = PARAMETERS.get(name, name.replace("_", " "))
+        shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
+        kw = {"default": default, "help": f"{text} (default {shown})"}
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, (tuple, list)):
+            kw["type"] = _int_list
+        elif isinstance(default, (int, float, str)):
+            kw["type"] = type(default)
+        group.add_argument(flag, dest=f"model__{name}", metavar=name.upper(), **kw)
+
+
+def config_from_args(cls, args, x_dim):
+    """The constructor's keyword arguments from parsed flags (x_dim from the data, seed from --seed)."""
+    import inspect
+    names = inspect.signature(cls.__init__).parameters
+    config = {name: getattr(args, f"model__{name}") for name, _ in model_parameters(cls)}
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    if "x_dim" in names:
+        config["x_dim"] = int(x_dim)
+    if "seed" in names:
+        config["seed"] = args.seed
+    return config
 
 
 def known_kinds():
@@ -90,8 +159,7 @@ def build_parser(kind=None):
     if kind is not None:
         from .models import get_class
         cls = get_class(kind)
-        g = t.add_argument_group(f"{kind} model options")
-        cls.add_cli_arguments(g)
+        add_model_arguments(t.add_argument_group(f"{kind} model options"), cls)
 
     e = sub.add_parser("evaluate", help="test NELBO and importance-sampled log-likelihood of a checkpoint",
                        description="Load a checkpoint and report, on the test split: the model's loss, "
@@ -136,6 +204,7 @@ def _jsonable(d):
 
 
 def cmd_train(args, log=print):
+    from .checks import DataError
     from .models import get_class
     from .train import fit
 
@@ -144,9 +213,11 @@ def cmd_train(args, log=print):
     x_train, x_valid = ds.train, ds.valid
     if args.quick:
         x_train, x_valid = x_train[:QUICK_SIZES["train"]], x_valid[:QUICK_SIZES["valid"]]
-    args.data_dim = int(np.prod(x_train.shape[1:]))
-    config = cls.config_from_args(args)
-    model = cls(**config)
+    config = config_from_args(cls, args, x_dim=int(np.prod(x_train.shape[1:])))
+    try:
+        model = cls(**config)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"invalid {args.model} settings: {e}") from None
     log(f"model: {model!r}")
     n_params = sum(int(np.prod(p.shape)) for p in model.params.values())
     log(f"{args.model}: {n_params:,} parameters; training on {len(x_train):,} examples, "

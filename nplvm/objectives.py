@@ -198,11 +198,12 @@ def nelbo(model, x, rng=0, batch=500):
 
 
 def mean_loss(model, x, rng=0, batch=500):
-    """The model's own objective ``loss(x, rng)[0]`` averaged over x in batches (weighted by size)."""
+    """The model's own objective ``loss(x, rng, grad=False)[0]`` averaged over x in batches
+    (weighted by size), without gradients."""
     g = make_rng(rng)
     total = 0.0
     for sl in _batches(x.shape[0], batch):
-        value, _ = model.loss(x[sl], g)
+        value, _ = model.loss(x[sl], g, grad=False)
         total += float(value) * (sl.stop - sl.start)
     return total / x.shape[0]
 

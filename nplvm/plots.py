@@ -9,7 +9,7 @@ Public API
 ----------
 tile_images(images, nrow=None, shape=(28, 28), pad=1) -> 2-D array     the mosaic itself
 image_grid(images, path, nrow=None, shape=(28, 28), title=None)        (N, 784) images as a grid
-learning_curves(runs, path, keys=("train_nelbo", "valid_nelbo"), ...)  NELBO per epoch
+learning_curves(runs, path, keys=("train_loss", "valid_nelbo"), ...)  NELBO per epoch
 latent_grid(n=20, lo=0.05, hi=0.95) -> (n*n, 2)                        z on the inverse normal CDF
 latent_manifold(decode, path, n=20, shape=(28, 28), title=None)        decoded grid (Kingma & Welling fig. 4)
 latent_scatter(z, labels, path, title=None)                            encoded points colored by digit
@@ -83,7 +83,7 @@ def _read_runs(runs):
     return {"": list(runs)}
 
 
-def learning_curves(runs, path, keys=("train_nelbo", "valid_nelbo"), title="Learning curves",
+def learning_curves(runs, path, keys=("train_loss", "valid_nelbo"), title="Learning curves",
                     ylabel="NELBO (nats per example)", key_labels=None):
     """Plot ``keys`` of per-epoch records against the epoch; one color per run, one style per key.
 

@@ -2,11 +2,22 @@
 
 Training minimises the loss of the model contract (README): for a minibatch B,
 
-    L(B) = (1/|B|) sum_{i in B} -ELBO(x_i)         (nats per example; model.loss(x_B, rng))
+    L(B) = (1/|B|) sum_{i in B} loss(x_i)          (nats per example; model.loss(x_B, rng))
 
-with an optimiser step on its gradient after every batch.  The epoch's train NELBO is the
-batch-size-weighted mean of the batch losses, i.e. the mean of -ELBO over the epoch's examples
-(each evaluated with the parameters of its own batch).
+with an optimiser step on its gradient after every batch.  The loss is the model's training
+objective: -ELBO for the VAE, -L_k for the IWAE, the beta-weighted objective of a beta-VAE, ...
+The epoch's ``train_loss`` is the batch-size-weighted mean of the batch losses (each evaluated with
+the parameters of its own batch).  Because objectives differ between models, every epoch also
+records the ``valid_nelbo``, the same quantity for every model: -(1/N) sum_i log w(x_i, z_i) with
+one z_i ~ q(z|x_i) (``objectives.nelbo``, from the model's ``log_weights``), so curves of k = 1
+and k = 50, or of beta = 1 and beta = 4, can be read on one axis.
+
+A second player.  A model with a ``discriminator`` attribute (an object with ``params`` and
+``loss(x, rng, grad=True) -> (loss, grads)``, the same contract; it holds its model to draw what it
+classifies) is trained alternately: after the model's step on batch b, the discriminator takes
+one step on the same batch with its own optimiser (the model's optimiser class, learning rate
+``discriminator.lr`` when it sets one) and its own noise stream.  Its parameters and optimiser
+state are checkpointed with the model's.
 
 Reproducibility.  Every random number comes from a Generator derived from (seed, what, epoch,
 batch):
@@ -14,6 +25,7 @@ batch):
     permutation of epoch e:        default_rng([seed, 1, e])
     noise of batch b in epoch e:   default_rng([seed, 2, e, b])
     noise of valid batch b:        default_rng([seed, 3, b])      (the same every epoch)
+    discriminator noise, batch b:  default_rng([seed, 4, e, b])
 
 so the run is a pure function of (initial params, optimiser, data, seed), and a run resumed
 from the checkpoint of epoch k continues bit for bit as if it had never stopped.  (The tags
@@ -21,8 +33,9 @@ from the checkpoint of epoch k continues bit for bit as if it had never stopped.
 [seed, e] and [seed, e, 0] would give the same stream.)
 
 Files in ``out_dir``:
-    metrics.jsonl   one JSON object per epoch: epoch, train_nelbo, valid_nelbo, seconds,
-                    grad_norm (mean global gradient norm) and whatever eval_fn returns
+    metrics.jsonl   one JSON object per epoch: epoch, train_loss (the training objective),
+                    valid_loss, valid_nelbo, grad_norm (mean global gradient norm), seconds,
+                    disc_loss (with a discriminator) and whatever eval_fn returns
     checkpoint.npz  params, optimiser state, kind, config, training state (epoch, seed,
                     history): rewritten atomically at the end of every epoch
 """
@@ -45,7 +58,7 @@ METRICS = "metrics.jsonl"
 FORMAT = "nplvm-checkpoint"
 VERSION = 1
 
-_PERM, _BATCH, _EVAL = 1, 2, 3      # stream tags, see the module docstring
+_PERM, _BATCH, _EVAL, _DISC = 1, 2, 3, 4      # stream tags, see the module docstring
 
 
 class TrainingDiverged(RuntimeError):
@@ -72,6 +85,11 @@ def epoch_permutation(n, seed, epoch):
 def batch_rng(seed, epoch, batch):
     """The Generator handed to model.loss for batch ``batch`` of epoch ``epoch``."""
     return np.random.default_rng([seed, _BATCH, epoch, batch])
+
+
+def disc_rng(seed, epoch, batch):
+    """The Generator handed to model.discriminator.loss for batch ``batch`` of epoch ``epoch``."""
+    return np.random.default_rng([seed, _DISC, epoch, batch])
 
 
 def eval_rng(seed, batch):
@@ -209,7 +227,19 @@ def load_checkpoint(path, model=None):
     for name, value in params.items():
         p = model.params[name]
         p[...] = xp_of(p).asarray(value)     # in place: keep the arrays the optimiser holds
+    disc = getattr(model, "discriminator", None)
+    if disc is not None and "discriminator" in state:
+        _load_params(disc.params, state["discriminator"]["params"], f"{str(path)!r} (discriminator)")
     return model, optim, state
+
+
+def _load_params(live, saved, where):
+    """Copy saved arrays into the live parameter arrays in place, after checking names and shapes."""
+    if set(live) != set(saved) or any(tuple(live[k].shape) != np.shape(saved[k]) for k in live):
+        raise CheckpointError(f"{where}: parameters {sorted((k, np.shape(v)) for k, v in saved.items())} "
+                              f"do not fit {sorted((k, tuple(v.shape)) for k, v in live.items())}")
+    for name, value in saved.items():
+        live[name][...] = xp_of(live[name]).asarray(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,18 +286,32 @@ def _checked_norm(loss, grads, params, epoch, batch, ckpt_note):
 
 
 def evaluate(model, x, batch_size=100, seed=0):
-    """The model's mean loss (NELBO, nats per example) on x, in batches with fixed noise.
+    """The model's mean loss (its training objective, nats per example) on x, in batches with
+    fixed noise, computed without gradients (``loss(x, rng, grad=False)``).
 
-    Batch b uses ``eval_rng(seed, b)``; the result is the batch-size-weighted mean of the
-    batch losses, i.e. (1/N) sum_i -ELBO(x_i).  Gradients are computed by model.loss and dropped.
+    Batch b uses ``eval_rng(seed, b)``; the result is the batch-size-weighted mean of the batch
+    losses, i.e. (1/N) sum_i loss(x_i).
     """
     dtype, xp = _model_dtype(model)
     n, total = len(x), 0.0
     for b, start in enumerate(range(0, n, batch_size)):
         xb = xp.asarray(x[start:start + batch_size], dtype=dtype)
-        loss, _ = model.loss(xb, eval_rng(seed, b))
-        total += float(loss) * len(xb)
+        total += loss_value(model, xb, eval_rng(seed, b)) * len(xb)
     return total / n
+
+
+def loss_value(model, x, rng):
+    """The loss alone: ``model.loss(x, rng, grad=False)[0]`` as a float (no backward pass)."""
+    return float(model.loss(x, rng, grad=False)[0])
+
+
+def valid_nelbo(model, x, batch_size=100, seed=0):
+    """(1/N) sum_i -log w(x_i, z_i), one z_i ~ q(z|x_i): the NELBO, comparable across objectives.
+    None for a model without ``log_weights``."""
+    if not hasattr(model, "log_weights"):
+        return None
+    from .objectives import nelbo
+    return nelbo(model, x, rng=np.random.default_rng([seed, _EVAL]), batch=batch_size)
 
 
 def _model_dtype(model):
@@ -292,7 +336,7 @@ def _write_metrics(path, history):
 
 def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed=0,
         out_dir=None, progress=True, clip_norm=None, eval_fn=None, resume=False, log=print,
-        eval_batch_size=None):
+        eval_batch_size=None, discriminator_optimizer=None):
     """Train ``model`` with ``optimizer`` on x_train; returns the history (one dict per epoch).
 
     model       follows the contract: params, loss(x, rng) -> (loss, grads), kind, config
@@ -310,6 +354,8 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
                 (a "valid_nelbo" it returns replaces the built-in one)
     resume      continue from out_dir/checkpoint.npz (params, optimiser state, history);
                 bit-identical to an uninterrupted run with the same arguments
+    discriminator_optimizer   optional optimiser of ``model.discriminator`` (see the module
+                docstring; default: the model's optimiser class at ``discriminator.lr``)
     log         function taking one line per epoch (None: quiet)
 
     Raises TrainingDiverged (naming epoch, batch and the loss or gradient) as soon as a
@@ -325,6 +371,10 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
     dtype, xp = _model_dtype(model)
+    disc = getattr(model, "discriminator", None)
+    d_opt = discriminator_optimizer
+    if disc is not None and d_opt is None:
+        d_opt = type(optimizer)(getattr(disc, "lr", None) or optimizer.lr)
     out = Path(out_dir) if out_dir is not None else None
     ckpt = out / CHECKPOINT if out is not None else None
     history, start = [], 0
@@ -342,6 +392,8 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
                         f"{key}={state.get(key)}, this call has {key}={now}")
             if optim_state is not None:
                 optimizer.load_state_dict(optim_state)
+            if disc is not None:
+                d_opt.load_state_dict(state["discriminator"]["optimizer"])
             history, start = list(state["history"]), int(state["epoch"])
             saved = start
             if log:
@@ -364,7 +416,7 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
         ckpt_note = (f"the last good checkpoint ({str(ckpt)!r}, epoch {saved}) is untouched"
                      if saved is not None else "no checkpoint of this run was written")
         order = epoch_permutation(n, seed, epoch)
-        total, norm_sum = 0.0, 0.0
+        total, norm_sum, d_total = 0.0, 0.0, 0.0
         bar = None
         if show_bar:
             from tqdm import tqdm
@@ -381,8 +433,14 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
                 grads = {k: g * g.dtype.type(scale) for k, g in grads.items()}
             optimizer.step(model.params, grads)
             total += loss * len(idx)
+            if disc is not None:                        # the second player: one step on the same batch
+                d_loss, d_grads = disc.loss(xb, disc_rng(seed, epoch, b))
+                d_loss = float(d_loss)
+                _checked_norm(d_loss, d_grads, disc.params, epoch, b, ckpt_note)
+                d_opt.step(disc.params, d_grads)
+                d_total += d_loss * len(idx)
             if bar is not None:
-                bar.set_postfix(nelbo=f"{loss:.2f}", refresh=False)
+                bar.set_postfix(loss=f"{loss:.2f}", refresh=False)
                 bar.update(1)                           # redraws at most every 0.1 s
         if bar is not None:
             bar.close()
@@ -392,27 +450,36 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
                                        f"(finite gradients: the step size is too large?); {ckpt_note}",
                                        epoch + 1, n_batches - 1, name)
 
-        record = {"epoch": epoch + 1, "train_nelbo": total / n, "valid_nelbo": None}
+        record = {"epoch": epoch + 1, "train_loss": total / n, "valid_loss": None, "valid_nelbo": None}
+        if disc is not None:
+            record["disc_loss"] = d_total / n
         if x_valid is not None:
-            record["valid_nelbo"] = evaluate(model, x_valid, eval_batch_size or batch_size, seed)
+            eb = eval_batch_size or batch_size
+            record["valid_loss"] = evaluate(model, x_valid, eb, seed)
+            record["valid_nelbo"] = valid_nelbo(model, x_valid, eb, seed)
         if eval_fn is not None:
             record.update(_jsonable(eval_fn(model, epoch + 1) or {}))
-        valid = record["valid_nelbo"]
-        if valid is not None and not math.isfinite(valid):
-            raise TrainingDiverged(f"the valid NELBO is {valid} after epoch {epoch + 1}; "
-                                   f"{ckpt_note}", epoch + 1, None, "valid_nelbo")
+        for key in ("valid_loss", "valid_nelbo"):
+            valid = record[key]
+            if valid is not None and not math.isfinite(valid):
+                raise TrainingDiverged(f"the {key} is {valid} after epoch {epoch + 1}; "
+                                       f"{ckpt_note}", epoch + 1, None, key)
         record["grad_norm"] = norm_sum / n_batches
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
 
         if out is not None:
             _write_metrics(out / METRICS, history)
-            save_checkpoint(ckpt, model, optimizer, state={
-                "epoch": epoch + 1, "seed": seed, "batch_size": batch_size, "n_train": n,
-                "history": history})
+            state = {"epoch": epoch + 1, "seed": seed, "batch_size": batch_size, "n_train": n,
+                     "history": history}
+            if disc is not None:
+                state["discriminator"] = {"params": dict(disc.params), "optimizer": d_opt.state_dict()}
+            save_checkpoint(ckpt, model, optimizer, state=state)
             saved = epoch + 1
         if log:
-            valid = "" if record["valid_nelbo"] is None else f"  valid NELBO {record['valid_nelbo']:.3f}"
-            log(f"epoch {epoch + 1}/{epochs}  train NELBO {record['train_nelbo']:.3f}{valid}  "
+            valid = "" if record["valid_loss"] is None else f"  valid loss {record['valid_loss']:.3f}"
+            if record["valid_nelbo"] is not None:
+                valid += f"  valid NELBO {record['valid_nelbo']:.3f}"
+            log(f"epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.3f}{valid}  "
                 f"({record['seconds']:.1f} s)")
     return history

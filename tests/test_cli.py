@@ -14,9 +14,9 @@ def test_train_then_evaluate_quick(tmp_path, capsys):
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
     for r in lines:
-        assert {"train_nelbo", "valid_nelbo", "seconds"} <= set(r)
+        assert {"train_loss", "valid_nelbo", "seconds"} <= set(r)
         assert 50 < r["valid_nelbo"] < 800                       # nats per example, 784 pixels
-    assert lines[1]["train_nelbo"] < lines[0]["train_nelbo"]
+    assert lines[1]["train_loss"] < lines[0]["train_loss"]
     assert (out / "checkpoint.npz").is_file() and (out / "run.json").is_file()
 
     rc = main(["evaluate", "--checkpoint", str(out), "--quick", "--K", "20", "--n", "50"])
@@ -62,3 +62,17 @@ def test_unknown_model_and_missing_data_are_clear_errors(tmp_path, capsys):
     assert "absent.npz" in capsys.readouterr().err
     rc = main(["evaluate", "--checkpoint", str(tmp_path / "nothing")])
     assert rc == 2
+
+
+def test_flags_come_from_the_constructor_and_bad_values_are_clear_errors(tmp_path, capsys):
+    from nplvm.cli import model_parameters
+    from nplvm.models import get_class
+    for kind in ("vae", "gmvae", "vrnn"):
+        names = [n for n, _ in model_parameters(get_class(kind))]
+        assert "x_dim" not in names and "seed" not in names and "dtype" in names
+    with pytest.raises(SystemExit) as e:
+        main(["train", "vae", "--hidden", "64,,64"])
+    assert e.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+    rc = main(["train", "vae", "--quick", "--latent", "0", "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "latent" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()                      # nothing written before validation

@@ -128,7 +128,7 @@ class ToyLinearGaussian:
         self.config = {"L": L, "D": D, "seed": seed}
         self.bug = bug
 
-    def loss(self, x, rng):
+    def loss(self, x, rng, grad=True):
         W, b, m, s = (self.params[k] for k in ("W", "b", "m", "s"))
         N = x.shape[0]
         eps = rng.standard_normal((N, W.shape[0]))
@@ -192,7 +192,7 @@ def test_check_model_rejects_a_loss_that_ignores_the_seed():
     class Noisy(ToyLinearGaussian):
         _global = np.random.default_rng(0)
 
-        def loss(self, x, rng):                              # draws from its own state: broken
+        def loss(self, x, rng, grad=True):                              # draws from its own state: broken
             return super().loss(x, self._global)
     with pytest.raises(RuntimeError, match="deterministic"):
         check_model(Noisy(), toy_data())
@@ -200,7 +200,7 @@ def test_check_model_rejects_a_loss_that_ignores_the_seed():
 
 def test_check_model_reports_missing_gradients():
     class Missing(ToyLinearGaussian):
-        def loss(self, x, rng):
+        def loss(self, x, rng, grad=True):
             loss, grads = super().loss(x, rng)
             del grads["b"]
             return loss, grads
@@ -223,7 +223,7 @@ def test_check_model_uses_a_fresh_generator_from_the_seed():
     seen = []
 
     class Spy(ToyLinearGaussian):
-        def loss(self, x, rng):
+        def loss(self, x, rng, grad=True):
             seen.append(rng.bit_generator.state["state"]["state"])
             return super().loss(x, rng)
     spy = Spy()

@@ -108,7 +108,7 @@ def main(argv=None):
             history.append(rec)
         sec = sum(rec["seconds"] for rec in h) / len(h)
         print(f"round {r + 1}/{len(plan)}: {epochs} epochs at lr {lr:.2e}, train -L_{args.k} "
-              f"{h[-1]['train_nelbo']:.2f}, {sec:.1f} s per epoch")
+              f"{h[-1]['train_loss']:.2f}, {sec:.1f} s per epoch")
         save_checkpoint(ckpt, model, opt, state={"round": r + 1, "history": history})
         with open(out / "metrics.jsonl", "w") as f:
             f.writelines(json.dumps(rec) + "\n" for rec in history)

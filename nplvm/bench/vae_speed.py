@@ -78,7 +78,7 @@ def nplvm_fit_epoch(model, opt, x, batch_size, seed):
     from nplvm.train import fit
     t0 = time.perf_counter()
     h = fit(model, opt, x, None, epochs=1, batch_size=batch_size, seed=seed, progress=False, log=None)
-    return time.perf_counter() - t0, h[-1]["train_nelbo"]
+    return time.perf_counter() - t0, h[-1]["train_loss"]
 
 
 def torch_setup(hidden, latent, threads, lr, seed):

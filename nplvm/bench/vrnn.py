@@ -94,7 +94,7 @@ def train_and_score(name, model, ds, x_test, args, log):
            "n_params": int(sum(p.size for p in model.params.values())),
            "epochs": len(history),
            "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])) if history else None,
-           "train_nelbo_last": history[-1]["train_nelbo"] if history else None,
+           "train_loss_last": history[-1]["train_loss"] if history else None,
            "test_nelbo": float(nelbo), "test_nll_is": float(-log_px.mean()),
            "test_nll_is_se": float(log_px.std() / np.sqrt(len(log_px))),
            "K": int(args.K), "n_test": int(len(x_test)), "seconds_eval": seconds_eval}

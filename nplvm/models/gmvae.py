@@ -261,7 +261,7 @@ class GMVAE(Module):
         check_array(eps, "eps", shape=shape)
         return eps.astype(self.dtype, copy=False)
 
-    def loss(self, x, rng, eps=None, beta=None):
+    def loss(self, x, rng, grad=True, eps=None, beta=None):
         """Mean over the batch of -ELBO (nats per example) with y summed exactly, and its gradient.
 
         x: (N, D) binary.  rng: seed or Generator for eps (K, N, L), one noise vector per
@@ -281,6 +281,8 @@ class GMVAE(Module):
         ell = (nll + beta * kl).reshape(K, N).T                # l_k = -E[log p(x|z)] + beta KL_z, (N, K)
         kl_y = (pi * (log_pi + math.log(K))).sum(axis=1)       # KL(q(y|x) || Uniform), exact
         loss = float(((pi * ell).sum(axis=1) + beta * kl_y).mean())
+        if not grad:
+            return loss, None
         # SOLUTION gmvae-gradient: the exact-sum gradient: through the weights q(y|x) and, per component, by reparameterization
         # through the weights: dloss/dpi_k = l_k + beta (log pi_k + log K + 1), then softmax backward
         g = (ell + beta * (log_pi + math.log(K) + 1.0)) / N
@@ -480,35 +482,3 @@ class GMVAE(Module):
         z = self.prior_mu.value[comps][:, None, :] + std * eps                # z ~ N(mu_y, var_y)
         return self.decode(z.reshape(-1, self.z_dim)).reshape(len(comps), n, self.x_dim)
 
-    # -- the command-line hook (python -m nplvm train gmvae ...) -----------------------------------
-
-    @classmethod
-    def add_cli_arguments(cls, parser):
-        """Add this model's flags to an argparse parser (``python -m nplvm train gmvae --help``)."""
-        d = cls.cli_defaults()
-        parser.add_argument("--hidden", default=d["hidden"],
-                            help="hidden sizes of the encoder trunk, mirrored by the decoder (default %(default)s)")
-        parser.add_argument("--latent", type=int, default=d["latent"], help="size L of z (default %(default)s)")
-        parser.add_argument("--components", type=int, default=d["components"],
-                            help="number K of mixture components, the values of y (default %(default)s)")
-        parser.add_argument("--activation", default=d["activation"],
-                            choices=["relu", "tanh", "sigmoid", "softplus", "elu"],
-                            help="hidden activation (default %(default)s)")
-        parser.add_argument("--prior-spread", type=float, default=d["prior_spread"],
-                            help="initial distance of the prior means mu_y from 0 (default %(default)s)")
-        parser.add_argument("--beta", type=float, default=1.0, help="weight of both KL terms (default 1)")
-        parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                            help="parameter dtype (default float32)")
-
-    @classmethod
-    def cli_defaults(cls):
-        return {"hidden": "256,256", "latent": 10, "components": 10, "activation": "relu",
-                "prior_spread": 2.0}
-
-    @classmethod
-    def config_from_args(cls, args):
-        """The config dict from parsed flags; ``args.data_dim`` (set by the CLI) gives x_dim."""
-        return {"x_dim": int(getattr(args, "data_dim", 784)), "n_components": args.components,
-                "z_dim": args.latent, "hidden": parse_hidden(args.hidden), "activation": args.activation,
-                "prior_spread": args.prior_spread, "beta": args.beta, "seed": args.seed,
-                "dtype": args.dtype}

@@ -99,7 +99,7 @@ class LinearGaussianQ:
 
     # -- the model contract --------------------------------------------------------------------
 
-    def loss(self, x, rng):
+    def loss(self, x, rng, grad=True):
         """Mean over examples (and eps draws) of -ELBO, reparameterized; and its gradients.
 
         x: (B, D).  eps ~ N(0, I) of shape (n_samples, B, L) comes from ``rng``.
@@ -118,6 +118,8 @@ class LinearGaussianQ:
         # KL(N(m, diag e^logvar) || N(0, I)) = 1/2 sum (e^logvar + m^2 - 1 - logvar)
         kl = 0.5 * np.sum(np.exp(logvar) + m * m - 1.0 - logvar, axis=-1)       # (B,)
         loss = float(np.mean(-np.mean(log_lik, axis=0) + kl))
+        if not grad:
+            return loss, None
         # backward: g = d log p(x|z)/dz = W^T Psi^-1 (x - W z - mu)
         g = (resid / psi) @ W                                     # (S, B, L)
         dm = (-np.mean(g, axis=0) + m) / B                        # dl/dm, with the 1/B of the mean

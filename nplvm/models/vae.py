@@ -74,7 +74,6 @@ VAE(x_dim=784, hidden=(512, 512), latent=32, activation="relu", k=1, kl=None, be
     .decode_logits(z) -> (N, D);  .decode(z) -> Bernoulli means sigmoid(logits)
     .reconstruct(x) -> (N, D) means of p(x | z = mu(x));  .sample(n, rng, binary=False) -> (n, D)
     .elbo_terms(x, rng, S) -> dict of (S, N) / (N,) terms for ``objectives.elbo_presentations``
-    VAE.add_cli_arguments(parser), VAE.config_from_args(args)       the command-line hook
 IWAE(..., k=5, ...)                     kind "iwae"
 """
 from __future__ import annotations
@@ -237,19 +236,20 @@ class VAE:
             g.fill(0)
 
     # -- the objective -----------------------------------------------------------------------------
-    def loss(self, x, rng):
+    def loss(self, x, rng, grad=True):
         """(loss, grads): the mean negative ELBO (k = 1) or negative k-sample bound, in nats/example.
 
         x: (N, x_dim) binary; rng: a seed or Generator (eps drawn from it, so the same seed gives the
-        same loss).  grads: name -> d loss / d param (the live arrays in ``self.grads``).
+        same loss).  grads: name -> d loss / d param (the live arrays in ``self.grads``); with
+        grad=False, (loss, None) and no backward pass.
         """
         x = self.check_input(x)
         g = make_rng(rng)
         if self.iwae:
-            return self._iwae_loss(x, g.standard_normal((self.k, x.shape[0], self.latent), dtype=self.dtype))
-        return self._elbo_loss(x, g.standard_normal((x.shape[0], self.latent), dtype=self.dtype))
+            return self._iwae_loss(x, g.standard_normal((self.k, x.shape[0], self.latent), dtype=self.dtype), grad)
+        return self._elbo_loss(x, g.standard_normal((x.shape[0], self.latent), dtype=self.dtype), grad)
 
-    def _elbo_loss(self, x, eps):
+    def _elbo_loss(self, x, eps, grad=True):
         """-ELBO with one sample per example; eps: (N, L) standard normal noise."""
         N = x.shape[0]
         mu, logvar, enc_cache = self._encode(x)
@@ -266,6 +266,8 @@ class VAE:
             kl = -_log_prior_minus_log_q(z, eps, logvar)              # log q(z|x) - log p(z)
             dmu_kl, dlogvar_kl = 0.0, -0.5 * w                        # direct d/dlogvar of -1/2 logvar
         loss = float(np.mean(rec) + self.beta * np.mean(kl))
+        if not grad:
+            return loss, None
 
         self._zero_grad()
         dz = self.decoder.backward(dlogits, dec_cache)                # d loss / dz through log p(x|z)
@@ -281,7 +283,7 @@ class VAE:
         self.encoder.backward(dh, enc_cache, need_dx=False)          # no dx for the data
         return loss, self.grads
 
-    def _iwae_loss(self, x, eps):
+    def _iwae_loss(self, x, eps, grad=True):
         """-L_k: eps (k, N, L) holds k samples per example; see the module docstring for the gradient."""
         k, N, L = eps.shape
         mu, logvar, enc_cache = self._encode(x)
@@ -294,6 +296,8 @@ class VAE:
         log_w = -nll.reshape(k, N) + _log_prior_minus_log_q(z, eps, logvar)     # (k, N)
         bound = logsumexp(log_w, axis=0) - math.log(k)                # log (1/k) sum_i w_i
         loss = float(-np.mean(bound))
+        if not grad:
+            return loss, None
 
         self._zero_grad()
         # SOLUTION iwae-gradient: the gradient of the k-sample bound through the normalized importance weights
@@ -348,38 +352,6 @@ class VAE:
         kl, _, _ = kernels.gaussian_kl_std(mu, logvar)
         return {"log_px_z": -nll.reshape(S, N), "log_pz": log_pz, "log_qz": q.log_prob(z),
                 "entropy": q.entropy(), "kl": kl}
-
-    # -- the command-line hook (see nplvm/cli.py) --------------------------------------------------
-    @classmethod
-    def add_cli_arguments(cls, parser):
-        """Add this model's flags to an argparse parser (``python -m nplvm train vae --help``)."""
-        d = cls.cli_defaults()
-        parser.add_argument("--hidden", default=d["hidden"],
-                            help="hidden layer sizes of the encoder, mirrored by the decoder "
-                                 "(default %(default)s)")
-        parser.add_argument("--latent", type=int, default=d["latent"], help="latent size L (default %(default)s)")
-        parser.add_argument("--activation", default=d["activation"],
-                            choices=["relu", "tanh", "sigmoid", "softplus", "elu"],
-                            help="hidden activation (default %(default)s)")
-        parser.add_argument("--k", type=int, default=d["k"],
-                            help="samples per example: 1 = ELBO, >1 = IWAE bound (default %(default)s)")
-        parser.add_argument("--kl", default=None, choices=list(KL_MODES),
-                            help="KL term for k = 1: closed form ('analytic', default) or Monte Carlo ('mc')")
-        parser.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE; default 1)")
-        parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                            help="parameter dtype (default float32)")
-
-    @classmethod
-    def cli_defaults(cls):
-        return {"hidden": "512,512", "latent": 32, "activation": "relu", "k": 5 if cls.always_iwae else 1}
-
-    @classmethod
-    def config_from_args(cls, args):
-        """The config dict from parsed flags; ``args.data_dim`` (set by the CLI) gives x_dim."""
-        return {"x_dim": int(getattr(args, "data_dim", 784)), "hidden": parse_hidden(args.hidden),
-                "latent": args.latent, "activation": args.activation, "k": args.k, "kl": args.kl,
-                "beta": args.beta, "dtype": args.dtype, "seed": args.seed}
-
 
 @register("iwae")
 class IWAE(VAE):

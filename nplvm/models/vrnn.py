@@ -59,7 +59,6 @@ VRNN(n_steps=28, row_size=28, n_latent=16, n_hidden=128, n_features=64, n_mlp=12
     .generate(n, rng) -> (x uint8, probs)    (n, T*D) each, row by row from the prior
     .complete(x, n_observed, rng) -> (x uint8, probs)   rows > n_observed from the prior
     .sequences(x) -> (T, N, D)               validated, time-major, model dtype
-    VRNN.add_cli_arguments(parser), VRNN.config_from_args(args)     the command-line hook
 """
 from __future__ import annotations
 
@@ -271,7 +270,7 @@ class VRNN(Module):
         eps = make_rng(rng).standard_normal((k * n, self.T, self.L))
         return np.ascontiguousarray(eps.transpose(1, 0, 2), dtype=self.dtype)
 
-    def loss(self, x, rng):
+    def loss(self, x, rng, grad=True):
         """Mean over images of -ELBO (*) in nats per image, and its gradients.
 
         x: (N, T*D) binary images (or (N, T, D)); rng: a seed or Generator for eps.
@@ -283,6 +282,8 @@ class VRNN(Module):
         fwd = self._forward(X, eps)
         nll, kl, dterms = self._terms(X, fwd, weight=1.0 / N)     # d(mean over n)/d(row n) = 1/N
         loss = float((nll.sum() + kl.sum()) / N)
+        if not grad:
+            return loss, None
         for g in self.grads.values():
             g.fill(0)
         self._backward(eps, fwd, dterms)
@@ -479,47 +480,7 @@ class VRNN(Module):
         return np.stack(rows, axis=1).reshape(rows[0].shape[0], self.T * self.D).astype(dtype)
 
     # ------------------------------------------------------------------------------------------
-    # the command-line hook (see nplvm/cli.py)
     # ------------------------------------------------------------------------------------------
-
-    @classmethod
-    def cli_defaults(cls):
-        return {"latent": 16, "hidden": 128, "features": 64, "mlp": 128, "activation": "relu",
-                "row_size": 28}
-
-    @classmethod
-    def add_cli_arguments(cls, parser):
-        """Add this model's flags to an argparse parser (``python -m nplvm train vrnn --help``)."""
-        d = cls.cli_defaults()
-        parser.add_argument("--latent", type=int, default=d["latent"],
-                            help="size L of each step's latent z_t (default %(default)s)")
-        parser.add_argument("--hidden", type=int, default=d["hidden"],
-                            help="size H of the GRU state h_t (default %(default)s)")
-        parser.add_argument("--features", type=int, default=d["features"],
-                            help="output size F of the feature extractors phi_x, phi_z "
-                                 "(default %(default)s)")
-        parser.add_argument("--mlp", type=int, default=d["mlp"],
-                            help="hidden width of phi_x, prior, encoder and decoder (default %(default)s)")
-        parser.add_argument("--activation", default=d["activation"],
-                            choices=["relu", "tanh", "sigmoid", "softplus", "elu"],
-                            help="hidden activation (default %(default)s)")
-        parser.add_argument("--row-size", type=int, default=d["row_size"],
-                            help="pixels per row D; an image of data_dim pixels is read as "
-                                 "data_dim / D rows (default %(default)s)")
-        parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                            help="parameter dtype (default float32)")
-
-    @classmethod
-    def config_from_args(cls, args):
-        """The config dict from parsed flags; ``args.data_dim`` (set by the CLI) gives T = data_dim / D."""
-        data_dim = int(getattr(args, "data_dim", 784))
-        D = int(getattr(args, "row_size", 28))
-        if D < 1 or data_dim % D:
-            raise ValueError(f"expected images of data_dim = {data_dim} pixels to split into rows "
-                             f"of --row-size {D} pixels; choose a row size that divides {data_dim}")
-        return {"n_steps": data_dim // D, "row_size": D, "n_latent": args.latent,
-                "n_hidden": args.hidden, "n_features": args.features, "n_mlp": args.mlp,
-                "activation": args.activation, "dtype": args.dtype, "seed": args.seed}
 
     def __repr__(self):
         c = self.config
