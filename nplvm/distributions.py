@@ -38,7 +38,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 __all__ = [
     "LOG_2PI", "logsumexp", "logsumexp_backward", "logmeanexp", "softmax", "softmax_backward",
-    "log_softmax", "log_softmax_backward", "one_hot", "std_normal_log_prob",
+    "log_softmax", "log_softmax_backward", "one_hot", "gaussian_log_prob", "std_normal_log_prob",
     "std_normal_log_prob_grad", "kl_std_normal", "reparameterize_backward", "DiagGaussian", "Bernoulli", "Categorical",
 ]
 
@@ -197,6 +197,17 @@ def _check_event(x, name, event_shape, like):
 # the standard normal prior p(z) = N(0, I)
 # ---------------------------------------------------------------------------------------------
 
+def gaussian_log_prob(z, mu, logvar):
+    """log N(z | mu, diag e^logvar) = -1/2 sum_d (log 2 pi + logvar_d + (z_d - mu_d)^2 e^-logvar_d).
+
+    z, mu, logvar: (..., D), broadcasting.  Returns (...,), summed over the last axis.  The one
+    Gaussian log-density of the library (``DiagGaussian.log_prob`` and the models call it).
+    """
+    xp = xp_of(z, mu)
+    diff = z - mu
+    return -0.5 * xp.sum(LOG_2PI + logvar + diff * diff * xp.exp(-logvar), axis=-1)
+
+
 def std_normal_log_prob(z):
     """log N(z | 0, I) = -1/2 sum_d (log 2 pi + z_d^2), summed over the last axis: (...,)."""
     xp = xp_of(z)
@@ -315,9 +326,7 @@ class DiagGaussian:
         z: (..., D) broadcasting against mu.  Returns (...,), summed over D.
         """
         _check_event(z, "z", self.shape[-1:], self.shape)
-        xp = xp_of(z, self.mu)
-        diff = z - self.mu
-        return -0.5 * xp.sum(LOG_2PI + self.logvar + diff * diff * xp.exp(-self.logvar), axis=-1)
+        return gaussian_log_prob(z, self.mu, self.logvar)
 
     def log_prob_grad(self, z, weight=None):
         """Gradients of sum(weight * log_prob(z)) w.r.t. z, mu and logvar: (dz, dmu, dlogvar).

@@ -89,7 +89,8 @@ import kernels
 from ..backend import check_dtype
 from ..backend import rng as make_rng
 from ..checks import DataError, check_array, check_binary, check_finite
-from ..distributions import DiagGaussian, logsumexp, reparameterize_backward, softmax
+from ..distributions import (DiagGaussian, gaussian_log_prob, logsumexp, reparameterize_backward, softmax,
+                             std_normal_log_prob)
 from ..nn import MLP
 from . import register
 
@@ -114,13 +115,14 @@ def parse_hidden(text):
     return sizes
 
 
-def _log_prior_minus_log_q(z, eps, logvar):
-    """log N(z | 0, I) - log N(z | mu, diag e^logvar) summed over L, for z = mu + sigma eps.
+def _log_prior_minus_log_q(z, mu, logvar):
+    """log N(z | 0, I) - log N(z | mu, diag e^logvar) summed over L: (...,).
 
-    = sum_l [ -1/2 z_l^2 ] - sum_l [ -1/2 logvar_l - 1/2 eps_l^2 ]   (the 2 pi terms cancel,
-    (z - mu)^2 / sigma^2 = eps^2).  z, eps: (..., L) broadcasting with logvar (N, L).  Returns (...,).
+    z: (..., L) broadcasting with mu, logvar (N, L).  The one Gaussian log-density of
+    ``nplvm.distributions``; with z = mu + sigma eps the 2 pi terms cancel and the difference is
+    1/2 sum (eps^2 + logvar - z^2), which the gradient code uses.
     """
-    return 0.5 * np.sum(eps * eps + logvar - z * z, axis=-1)
+    return std_normal_log_prob(z) - gaussian_log_prob(z, mu, logvar)
 
 
 @register("vae")
@@ -272,7 +274,7 @@ class VAE:
             # KL = 1/2 sum (e^logvar + mu^2 - 1 - logvar); grads mu and (e^logvar - 1)/2, times beta/N
             kl, dmu_kl, dlogvar_kl = kernels.gaussian_kl_std(mu, logvar, w)
         else:
-            kl = -_log_prior_minus_log_q(z, eps, logvar)              # log q(z|x) - log p(z)
+            kl = -_log_prior_minus_log_q(z, mu, logvar)              # log q(z|x) - log p(z)
             dmu_kl, dlogvar_kl = 0.0, -0.5 * w                        # direct d/dlogvar of -1/2 logvar
         loss = float(np.mean(rec) + self.beta * np.mean(kl))
         if not grad:
@@ -299,7 +301,7 @@ class VAE:
         xk = np.broadcast_to(x, (k, N, self.x_dim)).reshape(k * N, self.x_dim)
         nll, dlogits = kernels.bernoulli_nll(xk, logits)              # unweighted: sigmoid(l) - x
         # log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)
-        log_w = -nll.reshape(k, N) + _log_prior_minus_log_q(z, eps, logvar)     # (k, N)
+        log_w = -nll.reshape(k, N) + _log_prior_minus_log_q(z, mu, logvar)     # (k, N)
         bound = logsumexp(log_w, axis=0) - math.log(k)                # log (1/k) sum_i w_i
         loss = float(-np.mean(bound))
         if not grad:
@@ -336,7 +338,7 @@ class VAE:
         logits = self.decoder.forward(z.reshape(K * N, L))[0]
         xk = np.broadcast_to(x, (K, N, self.x_dim)).reshape(K * N, self.x_dim)
         nll, _ = kernels.bernoulli_nll(xk, logits)
-        return -nll.reshape(K, N) + _log_prior_minus_log_q(z, eps, logvar)          # model dtype
+        return -nll.reshape(K, N) + _log_prior_minus_log_q(z, mu, logvar)          # model dtype
 
     def elbo_terms(self, x, rng, S=1):
         """Monte Carlo and closed-form pieces of the ELBO for S draws per example.
@@ -354,7 +356,7 @@ class VAE:
         logits = self.decoder.forward(z.reshape(S * N, L))[0]
         xk = np.broadcast_to(x, (S, N, self.x_dim)).reshape(S * N, self.x_dim)
         nll, _ = kernels.bernoulli_nll(xk, logits)
-        log_pz = -0.5 * np.sum(z * z + math.log(2 * math.pi), axis=-1)
+        log_pz = std_normal_log_prob(z)
         kl, _, _ = kernels.gaussian_kl_std(mu, logvar)
         return {"log_px_z": -nll.reshape(S, N), "log_pz": log_pz, "log_qz": q.log_prob(z),
                 "entropy": q.entropy(), "kl": kl}
