@@ -52,8 +52,21 @@ BEGIN, END = PATTERNS["solution"]
 HINT = re.compile(r"^[ \t]*# HINT")
 
 # Everything copied into a student copy, and everything that is not.
-IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache",
-                                ".hypothesis", "*.egg-info", "figures", "runs", "out", "build")
+_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache",
+                                 ".hypothesis", "*.egg-info", "figures", "runs", "out", "build",
+                                 MARKER_FILE)
+
+
+def IGNORE(folder, names):
+    """What copytree leaves out; Numba's compiled kernels (kernels/__pycache__/*.nbi, *.nbc) are
+    kept: Numba checks them against the source file's time stamp (copytree keeps it), so a copy
+    whose kernels are unchanged runs without compiling them again, and a changed file recompiles."""
+    ignored = set(_IGNORE(folder, names))
+    if Path(folder).name == "kernels" and "__pycache__" in names:
+        ignored.discard("__pycache__")
+    if Path(folder).name == "__pycache__" and Path(folder).parent.name == "kernels":
+        ignored |= {n for n in names if not n.endswith((".nbi", ".nbc"))}
+    return ignored
 
 
 @dataclass(frozen=True)
@@ -70,39 +83,41 @@ ASSIGNMENTS: dict[str, Assignment] = {
     "layer-backward": Assignment(
         "Backward pass of the fused linear layer y = act(x W + b): dx, dW, db",
         regions=("layer-backward",),
-        tests=("tests/test_nn.py",), select="linear or mlp or Linear or MLP"),
+        tests=("tests/test_nn.py",), select="linear or mlp or Linear or MLP",
+        lesson="lessons/03_vae_mnist.py"),
     "gru-backward": Assignment(
         "Backward pass of one GRU step: dx, dh_prev and every parameter gradient",
         regions=("gru-backward",),
-        tests=("tests/test_nn.py",), select="gru or GRU"),
+        tests=("tests/test_nn.py",), select="gru or GRU", lesson="lessons/09_vrnn.py"),
     "kl-gradient": Assignment(
-        "KL(N(mu, e^logvar) || N(0, I)) in closed form and its gradients w.r.t. mu and logvar",
+        "The KL between two diagonal Gaussians in closed form and its gradients (the VAE's KL to "
+        "N(0, I) is the special case)",
         regions=("kl-gradient",),
-        tests=("tests/test_distributions.py",), select="kl_std_normal"),
+        tests=("tests/test_distributions.py",), select="kl", lesson="lessons/02_kl_gaussian.py"),
     "fa-em": Assignment(
         "Factor Analysis EM: the E-step (posterior mean and covariance) and the M-step (W, psi)",
         regions=("fa-estep", "fa-mstep"),
-        tests=("tests/test_fa.py",)),
+        tests=("tests/test_fa.py",), lesson="lessons/01_factor_analysis.py"),
     "vae-reparam-gradient": Assignment(
-        "The VAE's reparameterized gradient: from dL/dz back to dL/dmu and dL/dlogvar",
+        "The reparameterized gradient: from dL/dz back to dL/dmu and dL/dlogvar",
         regions=("vae-reparam-gradient",),
-        tests=("tests/test_vae.py",), select="grad"),
+        tests=("tests/test_vae.py",), select="grad", lesson="lessons/03_vae_mnist.py"),
     "iwae-gradient": Assignment(
         "The IWAE gradient through the normalized importance weights",
         regions=("iwae-gradient",),
-        tests=("tests/test_vae.py",), select="iwae"),
+        tests=("tests/test_vae.py",), select="iwae", lesson="lessons/05_iwae.py"),
     "gmvae-gradient": Assignment(
         "The GMVAE gradient with y summed exactly: through q(y|x) and, per component, by reparameterization",
         regions=("gmvae-gradient",),
-        tests=("tests/test_gmvae.py",), select="grad"),
+        tests=("tests/test_gmvae.py",), select="grad", lesson="lessons/08_gmvae.py"),
     "gmvae-yhead": Assignment(
         "Fitting q(y|x) to given responsibilities: the cross-entropy gradient through the softmax",
         regions=("gmvae-yhead",),
-        tests=("tests/test_gmvae.py",), select="y_head"),
+        tests=("tests/test_gmvae.py",), select="y_head", lesson="lessons/08_gmvae.py"),
     "vrnn-bptt": Assignment(
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),
-        tests=("tests/test_vrnn.py",), select="grad"),
+        tests=("tests/test_vrnn.py",), select="grad", lesson="lessons/09_vrnn.py"),
 }
 
 
