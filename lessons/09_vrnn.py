@@ -67,7 +67,7 @@ def check_gradients(table, seed):
     a handful of entries of every parameter.  Step h = 1e-4: the loss is ~100 nats, and with
     h = 1e-6 rounding (u |f| / h ~ 1e-8) would swamp the smallest recurrent gradients.
     """
-    m = VRNN(n_steps=T, row_size=D, n_latent=3, n_hidden=5, n_features=4, n_mlp=6,
+    m = VRNN(x_dim=T * D, row_size=D, latent=3, rnn_hidden=5, features=4, hidden=(6,),
              activation="tanh", dtype="float64", seed=seed)
     x = (np.random.default_rng(seed).random((2, T * D)) < 0.3).astype(np.uint8)
     report = check_model(m, x, seed=seed, eps=1e-4, max_entries_per_param=5)
@@ -81,9 +81,9 @@ def check_gradients(table, seed):
 def train(args, ds):
     """2. Train the VRNN on the rows of the binarized digits."""
     quick = args.quick
-    config = C.quick_or(args, dict(n_latent=4, n_hidden=32, n_features=16, n_mlp=32),
-                        dict(n_latent=16, n_hidden=128, n_features=64, n_mlp=128))
-    model = VRNN(n_steps=T, row_size=D, activation="relu", seed=args.seed, **config)
+    config = C.quick_or(args, dict(latent=4, rnn_hidden=32, features=16, hidden=(32,)),
+                        dict(latent=16, rnn_hidden=128, features=64, hidden=(128,)))
+    model = VRNN(x_dim=T * D, row_size=D, activation="relu", seed=args.seed, **config)
     n_train = C.quick_or(args, 300, len(ds.train))
     epochs = args.epochs or C.quick_or(args, 2, 40)
     x_train = ds.train[:n_train]

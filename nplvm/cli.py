@@ -57,12 +57,9 @@ PARAMETERS = {
     "beta": "weight of the KL term (the beta-VAE; 1 = the ELBO)",
     "n_components": "number of mixture components K (values of the discrete latent)",
     "prior_spread": "initial distance of the prior means from the origin",
-    "n_steps": "time steps T (rows of an image)",
-    "row_size": "observations per time step D (pixels of a row)",
-    "n_latent": "size of each step's latent z_t",
-    "n_hidden": "size of the recurrent state h_t",
-    "n_features": "size of the feature extractors phi_x, phi_z",
-    "n_mlp": "width of the prior, encoder and decoder MLPs",
+    "row_size": "observations per time step D (pixels of a row; x_dim / row_size time steps)",
+    "rnn_hidden": "size of the recurrent state h_t",
+    "features": "size of the feature extractors phi_x, phi_z",
 }
 NOT_FLAGS = ("self", "x_dim", "seed")        # x_dim: from the data; seed: the common --seed
 
