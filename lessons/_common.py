@@ -7,6 +7,8 @@ A lesson is a script ``NN_name.py`` with ``main(argv) -> dict``.  It
 * prints every derivation it verifies as a row "identity | lhs | rhs | difference | tol | ok"
   -> ``CheckTable``
 * saves PNG figures                                                          -> ``save_figure``
+* is cut into ``# %%`` cells (the percent format Jupyter/jupytext, VS Code and Spyder read), one
+  per step of the derivation, so it runs cell by cell as a notebook and top to bottom as a script
 
 and returns ``{"checks": table.to_dict(), "figures": [...], ...}`` so a test can assert the
 same numbers the student reads.
@@ -18,6 +20,7 @@ Usage::
     table = C.CheckTable("KL of two Gaussians")
     table.add("KL closed form = MC", lhs=kl, rhs=kl_mc, tol=4 * se, note="tol = 4 SE")
     table.add("L_1 <= L_5", lhs=L1, rhs=L5, tol=3 * se, relation="<=")
+    table.example("log mean w >= mean log w (every sample)", lhs=a, rhs=b, relation=">=")
     print(table)
     C.save_figure(fig, args.out / "kl.png")
 
@@ -47,6 +50,7 @@ __all__ = ["parse_args", "lesson_name", "save_figure", "CheckTable", "richardson
            "plt", "REPO_ROOT"]
 
 RELATIONS = ("=", "<=", ">=")
+KINDS = ("check", "example")
 
 
 def lesson_name(file):
@@ -111,14 +115,23 @@ class CheckTable:
     standard errors for a Monte Carlo estimate, the finite-difference error for a gradient.
     For gradients, pass the relative error as ``lhs`` and 0 as ``rhs`` (relation "<=" also
     reads well: "rel. error <= 1e-7").
+
+    ``kind="example"`` records a *worked example*: an identity that holds by construction (two
+    names for the same computation, an inequality every sample obeys, such as log of a mean >=
+    mean of logs).  It is printed, marked "example", so the student sees the numbers, but it is
+    not a check: it cannot fail, so it does not count towards ``all_ok``.  Every row of kind
+    "check" (the default) must be able to fail.
     """
 
     def __init__(self, title):
         self.title = title
         self.rows = {}
 
-    def add(self, identity, lhs, rhs, tol, relation="=", note=""):
-        """Record one check; returns whether it holds.  ``identity`` names it (unique per table)."""
+    def add(self, identity, lhs, rhs, tol, relation="=", note="", kind="check"):
+        """Record one row; returns whether it holds.  ``identity`` names it (unique per table);
+        ``kind`` is "check" (counted) or "example" (shown, not counted: see the class docstring)."""
+        if kind not in KINDS:
+            raise ValueError(f"expected kind in {KINDS}, got {kind!r}")
         if relation not in RELATIONS:
             raise ValueError(f"expected relation in {RELATIONS}, got {relation!r}")
         if identity in self.rows:
@@ -133,27 +146,36 @@ class CheckTable:
             ok = -diff <= tol
         ok = bool(ok) and math.isfinite(diff)
         self.rows[identity] = {"lhs": lhs, "rhs": rhs, "difference": diff, "tol": tol,
-                               "relation": relation, "ok": ok, "note": note}
+                               "relation": relation, "ok": ok, "note": note, "kind": kind}
         return ok
+
+    def example(self, identity, lhs, rhs, tol=0.0, relation="=", note=""):
+        """``add(..., kind="example")``: a worked example, printed but not counted."""
+        return self.add(identity, lhs, rhs, tol, relation=relation, note=note, kind="example")
 
     @property
     def all_ok(self):
-        return all(r["ok"] for r in self.rows.values())
+        return not self.failures()
 
     def failures(self):
-        """The names of the checks that do not hold."""
-        return [k for k, r in self.rows.items() if not r["ok"]]
+        """The names of the checks (kind "check") that do not hold."""
+        return [k for k, r in self.rows.items() if r["kind"] == "check" and not r["ok"]]
+
+    def checks(self):
+        """{identity: row} of the rows that are checks (not worked examples)."""
+        return {k: dict(r) for k, r in self.rows.items() if r["kind"] == "check"}
 
     def to_dict(self):
-        """{identity: {"lhs", "rhs", "difference", "tol", "relation", "ok", "note"}} (a copy)."""
+        """{identity: {"lhs", "rhs", "difference", "tol", "relation", "ok", "note", "kind"}} (a copy)."""
         return {k: dict(r) for k, r in self.rows.items()}
 
     def render(self):
         head = ("identity", "lhs", "rel", "rhs", "difference", "tol", "ok")
         lines = [head]
         for k, r in self.rows.items():
+            status = ("ok" if r["ok"] else "FAIL") if r["kind"] == "check" else "example"
             lines.append((k, _fmt(r["lhs"]), r["relation"], _fmt(r["rhs"]), _fmt(r["difference"]),
-                          _fmt(r["tol"]), "ok" if r["ok"] else "FAIL"))
+                          _fmt(r["tol"]), status))
         widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
         out = [f"== {self.title} =="]
         for j, l in enumerate(lines):
@@ -165,7 +187,10 @@ class CheckTable:
             if r["note"]:
                 out.append(f"  [{k}] {r['note']}")
         n_bad = len(self.failures())
-        out.append(f"{len(self.rows)} checks: " + ("all ok" if n_bad == 0 else f"{n_bad} FAILED"))
+        n_ex = sum(r["kind"] == "example" for r in self.rows.values())
+        out.append(f"{len(self.rows) - n_ex} checks: " + ("all ok" if n_bad == 0 else f"{n_bad} FAILED")
+                   + (f"  (+ {n_ex} worked example{'s' if n_ex != 1 else ''}, shown, not counted: "
+                      "they hold by construction)" if n_ex else ""))
         return "\n".join(out)
 
     def __str__(self):
@@ -173,9 +198,12 @@ class CheckTable:
 
 
 def finish(table, results):
-    """Print the lesson's table of checks and record it in ``results`` (returned, for main)."""
+    """Print the lesson's table of checks and record it in ``results`` (returned, for main):
+    ``results["checks"]`` the rows that are checks, ``results["examples"]`` the worked examples,
+    ``results["all_ok"]`` whether every check holds."""
     print(table)
-    results["checks"] = table.to_dict()
+    results["checks"] = table.checks()
+    results["examples"] = {k: r for k, r in table.to_dict().items() if r["kind"] == "example"}
     results["all_ok"] = table.all_ok
     return results
 
