@@ -174,7 +174,7 @@ def main(argv=None):
     pbar = np.clip(x_train.mean(0), 1e-3, 1 - 1e-3)                   # W = 0: independent pixels, ML b
     model.params["b"][...] = np.log(pbar / (1 - pbar))
     ll_indep = model.log_prob(x_test).astype(np.float64)
-    epochs = C.quick_or(args, 2, 10)
+    epochs = C.quick_or(args, 2, 20)
     t0 = time.perf_counter()
     hist = train(model, x_train, x_test, epochs, batch=100, lr=C.quick_or(args, 3e-3, 1e-3), seed=args.seed)
     ll = model.log_prob(x_test).astype(np.float64)
