@@ -28,13 +28,13 @@ What this lesson does and checks:
 Run:  python lessons/03_vae_mnist.py [--quick] [--out DIR] [--seed N] [--epochs E]
 (about a minute on one core; --quick: seconds).
 """
-from __future__ import annotations
-
+# %%
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+FILE = Path(globals().get("__file__", "03_vae_mnist.py")).resolve()   # a notebook has no __file__: open it in lessons/
+sys.path.insert(0, str(FILE.parent))
 
 import _common as C  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
@@ -87,89 +87,89 @@ def whole_model_grad_error(model, x, seed, n_entries):
     return worst
 
 
-def main(argv=None):
-    args = C.parse_args(argv, __doc__, __file__, extra_args)
-    epochs = args.epochs or C.quick_or(args, 3, 30)
-    table = C.CheckTable("Lesson 03: the VAE on MNIST")
-    figures, numbers = [], {}
-    rng = np.random.default_rng(args.seed)
+# %% [markdown]
+# ## The lesson, step by step
+# %%
+args = C.parse_args(C.lesson_argv(), globals().get("__doc__"), FILE, extra_args)
+epochs = args.epochs or C.quick_or(args, 3, 30)
+table = C.CheckTable("Lesson 03: the VAE on MNIST")
+figures, numbers = [], {}
+rng = np.random.default_rng(args.seed)
 
-    # -- 1. the gradient of the whole model, float64, fixed noise --------------------------------
-    small = VAE(x_dim=784, hidden=[6, 5], latent=2, activation="tanh", dtype="float64", seed=args.seed)
-    xs = load_dataset(args.data).test[:4].astype(np.float64)
-    worst = whole_model_grad_error(small, xs, args.seed, C.quick_or(args, 6, 40))
-    table.add("VAE gradient vs finite differences (max rel. error)", worst, 0.0, GRAD_TOL, relation="<=",
-              note="every parameter, a seeded subset of entries; float64, noise fixed by the seed")
+# -- 1. the gradient of the whole model, float64, fixed noise --------------------------------
+small = VAE(x_dim=784, hidden=[6, 5], latent=2, activation="tanh", dtype="float64", seed=args.seed)
+xs = load_dataset(args.data).test[:4].astype(np.float64)
+worst = whole_model_grad_error(small, xs, args.seed, C.quick_or(args, 6, 40))
+table.add("VAE gradient vs finite differences (max rel. error)", worst, 0.0, GRAD_TOL, relation="<=",
+          note="every parameter, a seeded subset of entries; float64, noise fixed by the seed")
 
-    # -- 2. a 20-D VAE ------------------------------------------------------------------------------
-    ds = load_dataset(args.data)
-    n_train = C.quick_or(args, 600, len(ds.train))
-    x_train, x_valid = ds.train[:n_train], ds.valid[:C.quick_or(args, 200, len(ds.valid))]
-    x_test, y_test = ds.test, ds.test_labels
-    hidden = C.quick_or(args, [128], [512, 256])
-    print(f"data: {ds!r}; training on {len(x_train)} images")
-    vae = VAE(x_dim=784, hidden=hidden, latent=20, activation="relu", seed=args.seed)
-    print(f"model: {vae!r}")
-    hist = train(vae, x_train, x_valid, epochs, args.seed)
-    table.add("valid NELBO decreases (last epoch <= first)", hist[-1]["valid_nelbo"], hist[0]["valid_nelbo"],
-              0.0, relation="<=")
-    figures.append(str(plots.learning_curves(hist, args.out / "learning_curves.png",
-                                             title="20-D VAE: -ELBO per image")))
-    xr = x_test[:10]
-    figures.append(str(plots.image_grid(np.concatenate([xr, vae.reconstruct(xr)]), args.out / "reconstructions.png",
-                                        nrow=10, title="test images (top) and their reconstructions")))
-    figures.append(str(plots.image_grid(vae.sample(100, rng), args.out / "samples.png", nrow=10,
-                                        title="samples: z ~ N(0, I), Bernoulli means of p(x|z)")))
+# -- 2. a 20-D VAE ------------------------------------------------------------------------------
+ds = load_dataset(args.data)
+n_train = C.quick_or(args, 600, len(ds.train))
+x_train, x_valid = ds.train[:n_train], ds.valid[:C.quick_or(args, 200, len(ds.valid))]
+x_test, y_test = ds.test, ds.test_labels
+hidden = C.quick_or(args, [128], [512, 256])
+print(f"data: {ds!r}; training on {len(x_train)} images")
+vae = VAE(x_dim=784, hidden=hidden, latent=20, activation="relu", seed=args.seed)
+print(f"model: {vae!r}")
+hist = train(vae, x_train, x_valid, epochs, args.seed)
+table.add("valid NELBO decreases (last epoch <= first)", hist[-1]["valid_nelbo"], hist[0]["valid_nelbo"],
+          0.0, relation="<=")
+figures.append(str(plots.learning_curves(hist, args.out / "learning_curves.png",
+                                         title="20-D VAE: -ELBO per image")))
+xr = x_test[:10]
+figures.append(str(plots.image_grid(np.concatenate([xr, vae.reconstruct(xr)]), args.out / "reconstructions.png",
+                                    nrow=10, title="test images (top) and their reconstructions")))
+figures.append(str(plots.image_grid(vae.sample(100, rng), args.out / "samples.png", nrow=10,
+                                    title="samples: z ~ N(0, I), Bernoulli means of p(x|z)")))
 
-    # -- 3. the three presentations of the ELBO, and the gap -------------------------------------
-    n_eval = C.quick_or(args, 20, 200)
-    xe = x_test[:n_eval]
-    S, K = C.quick_or(args, 200, 1000), C.quick_or(args, 200, 2000)
-    terms = vae.elbo_terms(xe, rng, S=S)
-    log_px = objectives.importance_sampled_log_px(vae, xe, K=K, batch=50, rng=rng)
-    mc = objectives.elbo_presentations(terms["log_px_z"], terms["log_pz"], terms["log_qz"], log_px=log_px)
-    cf = objectives.elbo_presentations(terms["log_px_z"], terms["log_pz"], terms["log_qz"],
-                                       entropy=terms["entropy"], kl=terms["kl"], log_px=log_px)
-    lw = (terms["log_px_z"] + terms["log_pz"] - terms["log_qz"]).astype(np.float64)
-    se_elbo = lw.std() / np.sqrt(lw.size)
-    I, II, III = (cf["joint_plus_entropy"].mean(), cf["likelihood_minus_kl"].mean(),
-                  mc["evidence_minus_posterior_kl"].mean())
-    print(f"ELBO, three ways (mean over {n_eval} test images, {S} draws each): I {I:.3f}, II {II:.3f}, "
-          f"III {III:.3f}; log p(x) (IS, K = {K}) {log_px.mean():.3f}")
-    table.add("I  E_q log p(x,z) + H[q]  =  II  E_q log p(x|z) - KL", I, II, N_SE * se_elbo,
-              note=f"closed-form H and KL; tol = {N_SE:g} SE of the MC ELBO")
-    table.add("II (closed-form KL)  =  III  log p(x) - KL(q || p(z|x))", II, III, N_SE * se_elbo)
-    table.add("ELBO <= log p(x) (IS estimate)", mc["likelihood_minus_kl"].mean(), log_px.mean(), 0.0,
-              relation="<=", note="the gap is KL(q(z|x) || p(z|x)) >= 0")
-    numbers.update(test_elbo=II, test_log_px=float(log_px.mean()),
-                   posterior_kl=float(mc["posterior_kl"].mean()))
+# -- 3. the three presentations of the ELBO, and the gap -------------------------------------
+n_eval = C.quick_or(args, 20, 200)
+xe = x_test[:n_eval]
+S, K = C.quick_or(args, 200, 1000), C.quick_or(args, 200, 2000)
+terms = vae.elbo_terms(xe, rng, S=S)
+log_px = objectives.importance_sampled_log_px(vae, xe, K=K, batch=50, rng=rng)
+mc = objectives.elbo_presentations(terms["log_px_z"], terms["log_pz"], terms["log_qz"], log_px=log_px)
+cf = objectives.elbo_presentations(terms["log_px_z"], terms["log_pz"], terms["log_qz"],
+                                   entropy=terms["entropy"], kl=terms["kl"], log_px=log_px)
+lw = (terms["log_px_z"] + terms["log_pz"] - terms["log_qz"]).astype(np.float64)
+se_elbo = lw.std() / np.sqrt(lw.size)
+I, II, III = (cf["joint_plus_entropy"].mean(), cf["likelihood_minus_kl"].mean(),
+              mc["evidence_minus_posterior_kl"].mean())
+print(f"ELBO, three ways (mean over {n_eval} test images, {S} draws each): I {I:.3f}, II {II:.3f}, "
+      f"III {III:.3f}; log p(x) (IS, K = {K}) {log_px.mean():.3f}")
+table.add("I  E_q log p(x,z) + H[q]  =  II  E_q log p(x|z) - KL", I, II, N_SE * se_elbo,
+          note=f"closed-form H and KL; tol = {N_SE:g} SE of the MC ELBO")
+table.add("II (closed-form KL)  =  III  log p(x) - KL(q || p(z|x))", II, III, N_SE * se_elbo)
+table.add("ELBO <= log p(x) (IS estimate)", mc["likelihood_minus_kl"].mean(), log_px.mean(), 0.0,
+          relation="<=", note="the gap is KL(q(z|x) || p(z|x)) >= 0")
+numbers.update(test_elbo=II, test_log_px=float(log_px.mean()),
+               posterior_kl=float(mc["posterior_kl"].mean()))
 
-    # -- 4. closed-form KL vs Monte Carlo -------------------------------------------------------
-    kl_mc = (terms["log_qz"] - terms["log_pz"]).astype(np.float64)       # (S, N)
-    table.add("KL closed form = E_q[log q(z|x) - log p(z)]", terms["kl"].mean(), kl_mc.mean(),
-              N_SE * kl_mc.std() / np.sqrt(kl_mc.size), note=f"tol = {N_SE:g} SE")
+# -- 4. closed-form KL vs Monte Carlo -------------------------------------------------------
+kl_mc = (terms["log_qz"] - terms["log_pz"]).astype(np.float64)       # (S, N)
+table.add("KL closed form = E_q[log q(z|x) - log p(z)]", terms["kl"].mean(), kl_mc.mean(),
+          N_SE * kl_mc.std() / np.sqrt(kl_mc.size), note=f"tol = {N_SE:g} SE")
 
-    # -- 5. a 2-D latent space ------------------------------------------------------------------
-    vae2 = VAE(x_dim=784, hidden=hidden, latent=2, activation="relu", seed=args.seed + 1)
-    print(f"2-D model: {vae2!r}")
-    hist2 = train(vae2, x_train, x_valid, epochs, args.seed + 1)
-    figures.append(str(plots.learning_curves({"20-D": hist, "2-D": hist2}, args.out / "learning_curves_2d_vs_20d.png",
-                                             title="-ELBO per image: 2-D vs 20-D latent")))
-    figures.append(str(plots.latent_manifold(vae2.decode, args.out / "manifold.png", n=C.quick_or(args, 10, 20),
-                                             title="decoder means over z = Phi^-1(u), u on a grid")))
-    mu2, _ = vae2.encode(x_test)
-    figures.append(str(plots.latent_scatter(mu2, y_test, args.out / "latent_scatter.png",
-                                            title="test set encoded (posterior means), colored by digit")))
-    print(f"valid NELBO after {epochs} epochs: 20-D latent {hist[-1]['valid_nelbo']:.2f}, "
-          f"2-D latent {hist2[-1]['valid_nelbo']:.2f} nats per image")
-    numbers.update(valid_nelbo_20d=hist[-1]["valid_nelbo"], valid_nelbo_2d=hist2[-1]["valid_nelbo"])
+# -- 5. a 2-D latent space ------------------------------------------------------------------
+vae2 = VAE(x_dim=784, hidden=hidden, latent=2, activation="relu", seed=args.seed + 1)
+print(f"2-D model: {vae2!r}")
+hist2 = train(vae2, x_train, x_valid, epochs, args.seed + 1)
+figures.append(str(plots.learning_curves({"20-D": hist, "2-D": hist2}, args.out / "learning_curves_2d_vs_20d.png",
+                                         title="-ELBO per image: 2-D vs 20-D latent")))
+figures.append(str(plots.latent_manifold(vae2.decode, args.out / "manifold.png", n=C.quick_or(args, 10, 20),
+                                         title="decoder means over z = Phi^-1(u), u on a grid")))
+mu2, _ = vae2.encode(x_test)
+figures.append(str(plots.latent_scatter(mu2, y_test, args.out / "latent_scatter.png",
+                                        title="test set encoded (posterior means), colored by digit")))
+print(f"valid NELBO after {epochs} epochs: 20-D latent {hist[-1]['valid_nelbo']:.2f}, "
+      f"2-D latent {hist2[-1]['valid_nelbo']:.2f} nats per image")
+numbers.update(valid_nelbo_20d=hist[-1]["valid_nelbo"], valid_nelbo_2d=hist2[-1]["valid_nelbo"])
 
-    print(table)
-    for f in figures:
-        print(f"saved {f}")
-    return {"checks": table.to_dict(), "figures": figures, "numbers": numbers}
+for f in figures:
+    print(f"saved {f}")
+results = C.finish(table, {"checks": table.to_dict(), "figures": figures, "numbers": numbers})
 
-
+# %%
 if __name__ == "__main__":
-    res = main()
-    sys.exit(0 if all(r["ok"] for r in res["checks"].values()) else 1)
+    sys.exit(0 if results["all_ok"] else 1)

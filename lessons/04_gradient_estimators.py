@@ -25,13 +25,13 @@ What this lesson checks:
 
 Run:  python lessons/04_gradient_estimators.py [--quick] [--out DIR] [--seed N]
 """
-from __future__ import annotations
-
+# %%
 import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+FILE = Path(globals().get("__file__", "04_gradient_estimators.py")).resolve()   # a notebook has no __file__: open it in lessons/
+sys.path.insert(0, str(FILE.parent))
 
 import _common as C  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
@@ -165,18 +165,18 @@ def encoder(args, table, figures, rng, numbers):
         title="VAE encoder: gradient estimator variance per coordinate")))
 
 
-def main(argv=None):
-    args = C.parse_args(argv, __doc__, __file__)
-    rng = np.random.default_rng(args.seed)
-    table = C.CheckTable("Lesson 04: score-function vs reparameterization gradients")
-    figures, numbers = [], {}
-    v = toy(args, table, figures, rng)
-    numbers["toy_variance_ratio_mu"] = v[("score function", "mu")] / v[("reparameterization", "mu")]
-    encoder(args, table, figures, rng, numbers)
-    print(table)
-    return {"checks": table.to_dict(), "figures": figures, "numbers": numbers}
+# %% [markdown]
+# ## The lesson, step by step
+# %%
+args = C.parse_args(C.lesson_argv(), globals().get("__doc__"), FILE)
+rng = np.random.default_rng(args.seed)
+table = C.CheckTable("Lesson 04: score-function vs reparameterization gradients")
+figures, numbers = [], {}
+v = toy(args, table, figures, rng)
+numbers["toy_variance_ratio_mu"] = v[("score function", "mu")] / v[("reparameterization", "mu")]
+encoder(args, table, figures, rng, numbers)
+results = C.finish(table, {"checks": table.to_dict(), "figures": figures, "numbers": numbers})
 
-
+# %%
 if __name__ == "__main__":
-    res = main()
-    sys.exit(0 if all(r["ok"] for r in res["checks"].values()) else 1)
+    sys.exit(0 if results["all_ok"] else 1)

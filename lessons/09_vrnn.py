@@ -30,15 +30,15 @@ What it prints and draws (``--out``, default figures/09_vrnn/):
 On a small or busy CPU, prefix OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1: the per-step matrices
 (batch x 128) are too small to gain from threads, and oversubscribed threads cost up to 10x.
 """
-from __future__ import annotations
-
+# %%
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+FILE = Path(globals().get("__file__", "09_vrnn.py")).resolve()   # a notebook has no __file__: open it in lessons/
+sys.path.insert(0, str(FILE.parent))
 
 import _common as C  # noqa: E402  (puts the repository on sys.path, selects the Agg backend)
 
@@ -215,26 +215,26 @@ def plot_curves(args, history):
     return C.save_figure(fig, args.out / "curves.png")
 
 
-def main(argv=None):
-    args = C.parse_args(argv, __doc__, __file__, extra=extra_flags)
-    table = C.CheckTable("Lesson 09: VRNN checks")
-    print("[1] whole-model gradient check, float64, T = 28 rows")
-    check_gradients(table, args.seed)
-    ds = load_dataset(args.data, seed=args.seed)
-    model, history = train(args, ds)
-    x_test = ds.test[:C.quick_or(args, 100, len(ds.test))]
-    K = C.quick_or(args, 20, 200)
-    nelbo, nll = evaluate_model(table, model, x_test, K, args.seed)
-    figures = [plot_samples(args, model, table), plot_completion(args, model, x_test, table)]
-    fig_kl, kl, rec = plot_kl_per_step(args, model, x_test, nelbo, table)
-    figures += [fig_kl, plot_curves(args, history)]
-    print()
-    print(table)
-    return {"checks": table.to_dict(), "figures": figures, "history": history,
-            "test_nelbo": nelbo, "test_nll_is": nll, "kl_per_step": kl.tolist(),
-            "nll_per_step": rec.tolist(), "config": model.config}
+# %% [markdown]
+# ## The lesson, step by step
+# %%
+args = C.parse_args(C.lesson_argv(), globals().get("__doc__"), FILE, extra=extra_flags)
+table = C.CheckTable("Lesson 09: VRNN checks")
+print("[1] whole-model gradient check, float64, T = 28 rows")
+check_gradients(table, args.seed)
+ds = load_dataset(args.data, seed=args.seed)
+model, history = train(args, ds)
+x_test = ds.test[:C.quick_or(args, 100, len(ds.test))]
+K = C.quick_or(args, 20, 200)
+nelbo, nll = evaluate_model(table, model, x_test, K, args.seed)
+figures = [plot_samples(args, model, table), plot_completion(args, model, x_test, table)]
+fig_kl, kl, rec = plot_kl_per_step(args, model, x_test, nelbo, table)
+figures += [fig_kl, plot_curves(args, history)]
+print()
+results = C.finish(table, {"checks": table.to_dict(), "figures": figures, "history": history,
+        "test_nelbo": nelbo, "test_nll_is": nll, "kl_per_step": kl.tolist(),
+        "nll_per_step": rec.tolist(), "config": model.config})
 
-
+# %%
 if __name__ == "__main__":
-    result = main()
-    sys.exit(0 if all(r["ok"] for r in result["checks"].values()) else 1)
+    sys.exit(0 if results["all_ok"] else 1)

@@ -32,12 +32,12 @@ between neighbouring betas only approximate a tangent.
 
 Run:  python lessons/10_beta_vae.py [--quick] [--out DIR] [--seed N]
 """
-from __future__ import annotations
-
+# %%
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+FILE = Path(globals().get("__file__", "10_beta_vae.py")).resolve()   # a notebook has no __file__: open it in lessons/
+sys.path.insert(0, str(FILE.parent))
 
 import _common as C  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
@@ -78,101 +78,102 @@ def rate_distortion(model, x, eps):
     return float(d_s.mean()), float(kl.mean()), d_s
 
 
-def main(argv=None):
-    args = C.parse_args(argv, __doc__, __file__)
-    quick = args.quick
-    table = C.CheckTable("Lesson 10: beta-VAE, rate and distortion")
-    results = {"figures": []}
+# %% [markdown]
+# ## The lesson, step by step
+# %%
+args = C.parse_args(C.lesson_argv(), globals().get("__doc__"), FILE)
+quick = args.quick
+table = C.CheckTable("Lesson 10: beta-VAE, rate and distortion")
+results = {"figures": []}
 
-    ds = load_dataset("offline", seed=args.seed)
-    n_train, n_test = (600, 200) if quick else (4000, 500)
-    x_train, x_test = ds.train[:n_train], ds.test[:n_test]
-    betas = [0.25, 1.0, 4.0] if quick else [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
-    arch = dict(hidden=(64,), latent=4) if quick else dict(hidden=(200,), latent=16)
-    epochs = 3 if quick else 30
-    S_eval = 2 if quick else 10
-    print(f"training {len(betas)} VAEs (hidden {arch['hidden']}, latent {arch['latent']}) for {epochs} "
-          f"epochs on {n_train} offline MNIST digits; evaluating on {n_test} test digits")
+ds = load_dataset("offline", seed=args.seed)
+n_train, n_test = (600, 200) if quick else (4000, 500)
+x_train, x_test = ds.train[:n_train], ds.test[:n_test]
+betas = [0.25, 1.0, 4.0] if quick else [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+arch = dict(hidden=(64,), latent=4) if quick else dict(hidden=(200,), latent=16)
+epochs = 3 if quick else 30
+S_eval = 2 if quick else 10
+print(f"training {len(betas)} VAEs (hidden {arch['hidden']}, latent {arch['latent']}) for {epochs} "
+      f"epochs on {n_train} offline MNIST digits; evaluating on {n_test} test digits")
 
-    x64 = x_test.astype(np.float64)
-    rows = []
-    for beta in betas:
-        model = VAE(x_dim=784, activation="tanh", beta=beta, seed=args.seed, **arch)   # same init
-        fit(model, Adam(1e-3), x_train, epochs=epochs, batch_size=50, seed=args.seed,
-            progress=True, log=None)
-        m64 = as_float64(model)
-        L = m64.latent
-        # (B) exactly: the loss's own draw of eps is rng(seed).standard_normal((N, L))
-        eps_loss = np.random.default_rng(args.seed + 1).standard_normal((1, n_test, L))
-        loss, _ = m64.loss(x64, np.random.default_rng(args.seed + 1))
-        D1, R1, _ = rate_distortion(m64, x64, eps_loss)
-        table.add(f"beta={beta:g}: loss = D + beta R (same eps)", loss, D1 + beta * R1, EXACT_TOL)
-        # an accurate point of the curve: D averaged over S_eval draws (common across betas)
-        eps = np.random.default_rng(args.seed + 2).standard_normal((S_eval, n_test, L))
-        D, R, d_s = rate_distortion(m64, x64, eps)
-        rows.append({"beta": beta, "R": R, "D": D, "neg_elbo": D + R, "loss": loss,
-                     "D_loss_eps": D1, "R_loss_eps": R1})
-        if beta == 1.0:
-            # -ELBO by a second code path: elbo_terms + elbo_presentations (presentation II)
-            terms = m64.elbo_terms(x64, np.random.default_rng(args.seed + 1), S=1)
-            pres = elbo_presentations(terms["log_px_z"], terms["log_pz"], terms["log_qz"],
-                                      entropy=terms["entropy"], kl=terms["kl"])
-            neg_elbo = -float(np.mean(pres["likelihood_minus_kl"]))
-            table.add("beta=1: loss = -ELBO (elbo_presentations, II)", loss, neg_elbo, EXACT_TOL)
-            table.add("beta=1: -ELBO = D + R", neg_elbo, D1 + R1, EXACT_TOL)
-            # presentation I uses the MC log p(z) and the closed-form entropy: equal in expectation
-            neg_elbo_I = -float(np.mean(pres["joint_plus_entropy"]))
-            results["neg_elbo_presentation_I"] = neg_elbo_I
-            results["neg_elbo_beta1"] = neg_elbo
-    results["curve"] = rows
+x64 = x_test.astype(np.float64)
+rows = []
+for beta in betas:
+    model = VAE(x_dim=784, activation="tanh", beta=beta, seed=args.seed, **arch)   # same init
+    fit(model, Adam(1e-3), x_train, epochs=epochs, batch_size=50, seed=args.seed,
+        progress=True, log=None)
+    m64 = as_float64(model)
+    L = m64.latent
+    # (B) exactly: the loss's own draw of eps is rng(seed).standard_normal((N, L))
+    eps_loss = np.random.default_rng(args.seed + 1).standard_normal((1, n_test, L))
+    loss, _ = m64.loss(x64, np.random.default_rng(args.seed + 1))
+    D1, R1, _ = rate_distortion(m64, x64, eps_loss)
+    table.add(f"beta={beta:g}: loss = D + beta R (same eps)", loss, D1 + beta * R1, EXACT_TOL)
+    # an accurate point of the curve: D averaged over S_eval draws (common across betas)
+    eps = np.random.default_rng(args.seed + 2).standard_normal((S_eval, n_test, L))
+    D, R, d_s = rate_distortion(m64, x64, eps)
+    rows.append({"beta": beta, "R": R, "D": D, "neg_elbo": D + R, "loss": loss,
+                 "D_loss_eps": D1, "R_loss_eps": R1})
+    if beta == 1.0:
+        # -ELBO by a second code path: elbo_terms + elbo_presentations (presentation II)
+        terms = m64.elbo_terms(x64, np.random.default_rng(args.seed + 1), S=1)
+        pres = elbo_presentations(terms["log_px_z"], terms["log_pz"], terms["log_qz"],
+                                  entropy=terms["entropy"], kl=terms["kl"])
+        neg_elbo = -float(np.mean(pres["likelihood_minus_kl"]))
+        table.add("beta=1: loss = -ELBO (elbo_presentations, II)", loss, neg_elbo, EXACT_TOL)
+        table.add("beta=1: -ELBO = D + R", neg_elbo, D1 + R1, EXACT_TOL)
+        # presentation I uses the MC log p(z) and the closed-form entropy: equal in expectation
+        neg_elbo_I = -float(np.mean(pres["joint_plus_entropy"]))
+        results["neg_elbo_presentation_I"] = neg_elbo_I
+        results["neg_elbo_beta1"] = neg_elbo
+results["curve"] = rows
 
-    # -- the curve and its slopes (printed, not asserted) ----------------------------------------
-    print(f"\n{'beta':>6} | {'rate R':>9} | {'distortion D':>12} | {'D + R = -ELBO':>13} | {'D + beta R':>10}")
-    for r in rows:
-        print(f"{r['beta']:>6g} | {r['R']:>9.3f} | {r['D']:>12.3f} | {r['neg_elbo']:>13.3f} | "
-              f"{r['D'] + r['beta'] * r['R']:>10.3f}")
-    best = min(rows, key=lambda r: r["neg_elbo"])
-    print(f"best ELBO among these models: beta = {best['beta']:g} (-ELBO {best['neg_elbo']:.3f})")
-    print("\nslope between neighbouring betas (a chord, not a tangent):")
-    slopes = []
-    for a, b in zip(rows[:-1], rows[1:]):
-        dR = b["R"] - a["R"]
-        s = -(b["D"] - a["D"]) / dR if dR != 0 else float("nan")
-        slopes.append(s)
-        print(f"  beta {a['beta']:g} -> {b['beta']:g}: -dD/dR = {s:7.3f}   "
-              f"(on a converged curve it lies between {a['beta']:g} and {b['beta']:g})")
-    # Does each model minimise its own objective D + beta R among the trained models?
-    wins = sum(all(r["D"] + r["beta"] * r["R"] <= o["D"] + r["beta"] * o["R"] + 1e-9 for o in rows)
-               for r in rows)
-    print(f"models whose own D + beta R is the lowest among all {len(rows)} trained models: {wins}; "
-          "each would be, if every model reached the optimum of its own objective.")
-    results.update(chord_slopes=slopes, own_objective_wins=wins)
+# -- the curve and its slopes (printed, not asserted) ----------------------------------------
+print(f"\n{'beta':>6} | {'rate R':>9} | {'distortion D':>12} | {'D + R = -ELBO':>13} | {'D + beta R':>10}")
+for r in rows:
+    print(f"{r['beta']:>6g} | {r['R']:>9.3f} | {r['D']:>12.3f} | {r['neg_elbo']:>13.3f} | "
+          f"{r['D'] + r['beta'] * r['R']:>10.3f}")
+best = min(rows, key=lambda r: r["neg_elbo"])
+print(f"best ELBO among these models: beta = {best['beta']:g} (-ELBO {best['neg_elbo']:.3f})")
+print("\nslope between neighbouring betas (a chord, not a tangent):")
+slopes = []
+for a, b in zip(rows[:-1], rows[1:]):
+    dR = b["R"] - a["R"]
+    s = -(b["D"] - a["D"]) / dR if dR != 0 else float("nan")
+    slopes.append(s)
+    print(f"  beta {a['beta']:g} -> {b['beta']:g}: -dD/dR = {s:7.3f}   "
+          f"(on a converged curve it lies between {a['beta']:g} and {b['beta']:g})")
+# Does each model minimise its own objective D + beta R among the trained models?
+wins = sum(all(r["D"] + r["beta"] * r["R"] <= o["D"] + r["beta"] * o["R"] + 1e-9 for o in rows)
+           for r in rows)
+print(f"models whose own D + beta R is the lowest among all {len(rows)} trained models: {wins}; "
+      "each would be, if every model reached the optimum of its own objective.")
+results.update(chord_slopes=slopes, own_objective_wins=wins)
 
-    fig, ax = C.plt.subplots(1, 2, figsize=(11, 4.3))
-    Rs, Ds = np.array([r["R"] for r in rows]), np.array([r["D"] for r in rows])
-    ax[0].plot(Rs, Ds, "o-")
-    span = 0.08 * (Rs.max() - Rs.min() + 1.0)
-    for r in rows:
-        ax[0].annotate(f"beta={r['beta']:g}", (r["R"], r["D"]), textcoords="offset points",
-                       xytext=(6, 4) if r is not rows[0] else (-10, 8), fontsize=8)
-        rr = np.array([r["R"] - span, r["R"] + span])
-        ax[0].plot(rr, r["D"] - r["beta"] * (rr - r["R"]), "k-", lw=0.6, alpha=0.6)
-    ax[0].set(xlabel="rate R = E KL(q(z|x) || p(z))  (nats)", ylabel="distortion D = -E log p(x|z)  (nats)",
-              title="rate-distortion; segments: slope -beta")
-    ax[1].semilogx(betas, Ds, "o-", label="distortion D")
-    ax[1].semilogx(betas, Rs, "s-", label="rate R")
-    ax[1].semilogx(betas, Ds + Rs, "^-", label="D + R = -ELBO")
-    ax[1].axvline(1.0, color="k", ls=":", lw=0.8)
-    ax[1].set_xticks(betas)
-    ax[1].set_xticklabels([f"{b:g}" for b in betas])
-    ax[1].xaxis.set_minor_formatter(C.matplotlib.ticker.NullFormatter())
-    ax[1].set(xlabel="beta", ylabel="nats per example", title="the terms of the loss vs beta")
-    ax[1].legend(fontsize=8)
-    results["figures"].append(C.save_figure(fig, args.out / "rate_distortion.png"))
+fig, ax = C.plt.subplots(1, 2, figsize=(11, 4.3))
+Rs, Ds = np.array([r["R"] for r in rows]), np.array([r["D"] for r in rows])
+ax[0].plot(Rs, Ds, "o-")
+span = 0.08 * (Rs.max() - Rs.min() + 1.0)
+for r in rows:
+    ax[0].annotate(f"beta={r['beta']:g}", (r["R"], r["D"]), textcoords="offset points",
+                   xytext=(6, 4) if r is not rows[0] else (-10, 8), fontsize=8)
+    rr = np.array([r["R"] - span, r["R"] + span])
+    ax[0].plot(rr, r["D"] - r["beta"] * (rr - r["R"]), "k-", lw=0.6, alpha=0.6)
+ax[0].set(xlabel="rate R = E KL(q(z|x) || p(z))  (nats)", ylabel="distortion D = -E log p(x|z)  (nats)",
+          title="rate-distortion; segments: slope -beta")
+ax[1].semilogx(betas, Ds, "o-", label="distortion D")
+ax[1].semilogx(betas, Rs, "s-", label="rate R")
+ax[1].semilogx(betas, Ds + Rs, "^-", label="D + R = -ELBO")
+ax[1].axvline(1.0, color="k", ls=":", lw=0.8)
+ax[1].set_xticks(betas)
+ax[1].set_xticklabels([f"{b:g}" for b in betas])
+ax[1].xaxis.set_minor_formatter(C.matplotlib.ticker.NullFormatter())
+ax[1].set(xlabel="beta", ylabel="nats per example", title="the terms of the loss vs beta")
+ax[1].legend(fontsize=8)
+results["figures"].append(C.save_figure(fig, args.out / "rate_distortion.png"))
 
-    return C.finish(table, results)
+results = C.finish(table, results)
 
-
+# %%
 if __name__ == "__main__":
-    out = main()
-    sys.exit(0 if out["all_ok"] else 1)
+    sys.exit(0 if results["all_ok"] else 1)

@@ -1,28 +1,32 @@
-"""Small helpers the numbered lessons share: arguments, figures, and the table of checks.
+"""Small helpers the numbered lessons share: arguments, figures, the table of checks, and cells.
 
-A lesson is a script ``NN_name.py`` with ``main(argv) -> dict``.  It
+A lesson is a script ``NN_name.py`` cut into ``# %%`` cells (the percent format that Jupyter
+through jupytext, VS Code and Spyder read), one per step of its derivation, written at the top
+level so that it runs cell by cell as a notebook and top to bottom as a script.  It
 
 * parses ``--quick`` (a few seconds; what the tests run), ``--out DIR`` (where figures go,
-  default ``figures/<lesson-name>/`` at the repository root) and ``--seed``   -> ``parse_args``
+  default ``figures/<lesson-name>/`` at the repository root) and ``--seed``
+  -> ``parse_args(lesson_argv(), __doc__, FILE)``
 * prints every derivation it verifies as a row "identity | lhs | rhs | difference | tol | ok"
-  -> ``CheckTable``
+  -> ``CheckTable`` (rows that hold by construction are worked examples: ``table.example``)
 * saves PNG figures                                                          -> ``save_figure``
-* is cut into ``# %%`` cells (the percent format Jupyter/jupytext, VS Code and Spyder read), one
-  per step of the derivation, so it runs cell by cell as a notebook and top to bottom as a script
+* ends with ``results = finish(table, results)`` and, as a script, exits non-zero if a check fails.
 
-and returns ``{"checks": table.to_dict(), "figures": [...], ...}`` so a test can assert the
-same numbers the student reads.
+``run_lesson(path, argv)`` runs a lesson file with the given arguments and returns its
+``results`` dict (``{"checks": ..., "all_ok": ..., "figures": [...], ...}``), so a test asserts
+the same numbers the student reads.  In a notebook ``lesson_argv()`` reads the arguments from
+``$NPLVM_LESSON_ARGS`` (e.g. "--quick"), since the kernel's own command line is not the lesson's.
 
 Usage::
 
     import _common as C
-    args = C.parse_args(argv, __doc__, __file__)
+    args = C.parse_args(C.lesson_argv(), __doc__, FILE)
     table = C.CheckTable("KL of two Gaussians")
     table.add("KL closed form = MC", lhs=kl, rhs=kl_mc, tol=4 * se, note="tol = 4 SE")
     table.add("L_1 <= L_5", lhs=L1, rhs=L5, tol=3 * se, relation="<=")
     table.example("log mean w >= mean log w (every sample)", lhs=a, rhs=b, relation=">=")
-    print(table)
     C.save_figure(fig, args.out / "kl.png")
+    results = C.finish(table, results)
 
 For gradients to 1e-8 and better, ``richardson_grad`` gives central differences with one
 Richardson step (error O(h^4)), sharper than ``nplvm.gradcheck.numerical_grad`` (O(h^2)).
@@ -31,6 +35,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import runpy
+import shlex
 import sys
 from pathlib import Path
 
@@ -46,8 +53,10 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")                            # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported for the lessons)
 
-__all__ = ["parse_args", "lesson_name", "save_figure", "CheckTable", "richardson_grad", "quick_or",
-           "plt", "REPO_ROOT"]
+__all__ = ["parse_args", "lesson_name", "lesson_argv", "run_lesson", "save_figure", "CheckTable",
+           "finish", "richardson_grad", "quick_or", "plt", "REPO_ROOT"]
+
+_ARGV = None                                     # set by run_lesson for the lesson it runs
 
 RELATIONS = ("=", "<=", ">=")
 KINDS = ("check", "example")
@@ -56,6 +65,29 @@ KINDS = ("check", "example")
 def lesson_name(file):
     """'lessons/02_kl_gaussian.py' -> '02_kl_gaussian'."""
     return Path(file).stem
+
+
+def lesson_argv():
+    """The lesson's command-line arguments: those given to ``run_lesson``, else the script's
+    (``sys.argv[1:]``), else -- in a notebook, whose kernel has its own command line --
+    ``$NPLVM_LESSON_ARGS`` split like a shell would (default: none, the full lesson)."""
+    if _ARGV is not None:
+        return list(_ARGV)
+    if "ipykernel" in sys.modules or "IPython" in sys.modules:
+        return shlex.split(os.environ.get("NPLVM_LESSON_ARGS", ""))
+    return sys.argv[1:]
+
+
+def run_lesson(path, argv=()):
+    """Run the lesson file ``path`` top to bottom with the arguments ``argv`` (a list of strings)
+    and return its ``results`` dict.  What the tests call; a lesson is not imported, it is run."""
+    global _ARGV
+    _ARGV = [str(a) for a in argv]
+    try:
+        namespace = runpy.run_path(str(path), run_name="__lesson__")
+    finally:
+        _ARGV = None
+    return namespace["results"]
 
 
 def parse_args(argv, description, file, extra=None):
