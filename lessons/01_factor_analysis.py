@@ -102,7 +102,9 @@ rng = np.random.default_rng(args.seed)
 table = C.CheckTable("Lesson 01: factor analysis")
 figures = []
 
-# -- data: the offline MNIST subset, intensities in [0, 1] --------------------------------
+# %% [markdown]
+# ## Data: the offline MNIST subset, intensities in [0, 1]
+# %%
 ds = load_dataset("offline", binarization=None, seed=args.seed)
 X = ds.train.astype(np.float64) / 255.0
 X_test = ds.test.astype(np.float64) / 255.0
@@ -112,7 +114,9 @@ X_eval = X_test[:C.quick_or(args, 100, 500)]
 print(f"data: {X.shape[0]} training and {X_eval.shape[0]} test images of 784 pixels, "
       f"{int(np.sum(X.var(0) == 0))} constant pixels in the training set")
 
-# -- 1. EM ----------------------------------------------------------------------------------
+# %% [markdown]
+# ## 1. EM
+# %%
 fa = FactorAnalysis(L, noise_floor=args.noise_floor, tol=C.quick_or(args, 1e-3, 1e-4),
                     max_iter=C.quick_or(args, 40, 500), seed=args.seed).fit(X)
 ll = np.array(fa.loglik_)
@@ -122,13 +126,17 @@ table.add("EM: min_t [ll(t+1) - ll(t)] >= 0", lhs=np.min(np.diff(ll)), rhs=0.0,
           tol=1e-9 * abs(ll[-1]), relation=">=", note="the log-likelihood never decreases")
 table.add("EM: loglik_[-1] = score(train)", lhs=ll[-1], rhs=fa.score(X), tol=1e-8)
 
-# -- 2. log p(x) via Woodbury vs a dense 784 x 784 evaluation -------------------------------
+# %% [markdown]
+# ## 2. log p(x) via Woodbury vs a dense 784 x 784 evaluation
+# %%
 from scipy.stats import multivariate_normal
 dense = multivariate_normal(fa.mean_, fa.get_covariance()).logpdf(X_eval[:20])
 table.add("log p(x): Woodbury = dense", lhs=np.mean(fa.score_samples(X_eval[:20])),
           rhs=np.mean(dense), tol=1e-6, note="mean over 20 test images; dense = scipy with C = W W^T + Psi")
 
-# -- 3. the amortized q, trained by the reparameterized ELBO gradient -----------------------
+# %% [markdown]
+# ## 3. the amortized q, trained by the reparameterized ELBO gradient
+# %%
 q = LinearGaussianQ.for_model(fa, n_samples=4, seed=args.seed)
 gap_before = float(np.mean(fa.elbo(X_eval, q.mean(X_eval), q.cov())["gap"]))
 q.fit(X, n_steps=C.quick_or(args, 500, 6000), batch_size=100, lr=3e-2, lr_final=1e-4,
@@ -153,7 +161,9 @@ table.add("amortized q: gap >= best diagonal gap", lhs=gap_after, rhs=mean_field
 table.add("amortized q: training shrinks the gap 10x", lhs=gap_after, rhs=0.1 * gap_before, tol=0.0,
           relation="<=")
 
-# -- 4. the ELBO three ways, for three q's --------------------------------------------------
+# %% [markdown]
+# ## 4. the ELBO three ways, for three q's
+# %%
 post_mean, Sigma = fa.posterior(X_eval)
 qs = {
     "exact p(z|x)": (post_mean, Sigma, np.diag(Sigma)),
@@ -204,7 +214,9 @@ for j, r in enumerate([header] + lines):
     if j == 0:
         print("-+-".join("-" * w for w in widths))
 
-# -- figures --------------------------------------------------------------------------------
+# %% [markdown]
+# ## Figures
+# %%
 figures.append(factor_figure(fa.params["W"], args.out / "factors.png", min(L, 32)))
 fig, ax = C.plt.subplots(figsize=(6, 4))
 ax.plot(np.arange(len(ll)), ll, marker="o", ms=2)

@@ -1,6 +1,7 @@
 """Lesson 02: the KL divergence between Gaussians, in closed form, by Monte Carlo, and its gradient.
 
-The ELBO's presentation II (lecture notes 001, 004) is
+The ELBO's presentation II (lecture notes 001_3b34c7ea4ef78f1e.txt, "DIFFERENT PRESENTATIONS OF THE
+ELBO", II; 004_eef4e39dcc0eb5a8.txt, "Evidence Lower Bound (ELBO)") is
 
     ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)),
 
@@ -25,7 +26,8 @@ What this lesson checks, each by two independent computations:
  2. the diagonal multivariate case: the fused kernel, the plain-NumPy definition and quadrature;
  3. (dKL) against finite differences (nplvm.gradcheck), in float64;
  4. (KL-2) and its four gradients likewise;
- 5. Jensen's inequality log E[w] >= E[log w] with w = p(z)/q(z), z ~ q: here E_q[w] = 1, so
+ 5. Jensen's inequality (notes 002_e73e17ee4c7eee9a.txt, "Jensen's Inequality") log E[w] >= E[log w]
+    with w = p(z)/q(z), z ~ q: here E_q[w] = 1, so
     log E[w] = 0 while E[log w] = -KL(q || p): the Jensen gap is exactly the KL.  This is the
     ELBO's derivation in miniature (log p(x) = log E_q[w] >= E_q[log w] = ELBO).
 
@@ -82,9 +84,9 @@ quick = args.quick
 table = C.CheckTable("Lesson 02: KL between Gaussians")
 results = {"figures": []}
 
-# ------------------------------------------------------------------------------------------
-# 1. (KL-1) in one dimension: closed form vs quadrature vs Monte Carlo, error ~ 1/sqrt(S)
-# ------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 1. (KL-1) in one dimension: closed form vs quadrature vs Monte Carlo, error ~ 1/sqrt(S)
+# %%
 mu, sigma = 1.0, 0.6
 kl_closed = kl_std_formula(mu, sigma)
 q1 = DiagGaussian(np.array([mu]), np.array([2 * np.log(sigma)]))      # logvar = log sigma^2
@@ -104,6 +106,8 @@ for S in S_list:
     se_list.append(float(f[0].std(ddof=1) / np.sqrt(S)))              # SE from one run
     est_list.append(float(est[0]))
 for S, e, se in zip(S_list, est_list, se_list):
+    if S < 10000:                 # 4 SE at S = 10 is ~0.6 nats on a KL of 0.7: too weak to be a check
+        continue                  # (the small S are in the figure and in the slope row)
     table.add(f"1D: MC (S={S}) = closed form", e, kl_closed, N_SE * se,
               note="" if S != S_list[-1] else f"tol = {N_SE:g} standard errors of the MC mean")
 slope = float(np.polyfit(np.log(S_list), np.log(rms_err), 1)[0])
@@ -131,9 +135,9 @@ ax[1].set(xlabel="samples S", ylabel="|MC - closed form| (RMS)", title="error ~ 
 ax[1].legend(fontsize=8)
 results["figures"].append(C.save_figure(fig, args.out / "kl_mc_convergence.png"))
 
-# ------------------------------------------------------------------------------------------
-# 2. Diagonal multivariate: sum over dimensions of (KL-1)
-# ------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 2. Diagonal multivariate: sum over dimensions of (KL-1)
+# %%
 D = 6
 mu_q = rng.normal(0.0, 1.0, D)
 logvar_q = rng.normal(0.0, 0.7, D)
@@ -151,9 +155,9 @@ table.add(f"D={D}: closed form = sum of 1-D quadratures", kl_fused, kl_scipy, 1e
 table.add(f"D={D}: closed form = MC (S={S})", kl_fused, kl_mc, N_SE * kl_mc_se)
 results.update(kl_diag=kl_fused, kl_diag_scipy=kl_scipy, kl_diag_mc=kl_mc, kl_diag_se=kl_mc_se)
 
-# ------------------------------------------------------------------------------------------
-# 3. (dKL): gradients w.r.t. mu and logvar vs central differences, float64
-# ------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 3. (dKL): gradients w.r.t. mu and logvar vs central differences, float64
+# %%
 M = mu_q[None, :].copy()                     # (1, D) live arrays perturbed by the FD check
 S_ = logvar_q[None, :].copy()
 
@@ -166,14 +170,15 @@ err_lv = check_grad(kl_value, S_, dlogvar)
 table.add("dKL/dmu = mu  (vs finite differences)", err_mu, 0.0, GRAD_TOL, "<=",
           note="gradient rows: lhs is the relative error against central differences")
 table.add("dKL/dlogvar = (e^logvar - 1)/2  (vs FD)", err_lv, 0.0, GRAD_TOL, "<=")
-table.add("dKL/dmu: kernel = formula mu", float(np.max(np.abs(dmu - M))), 0.0, 1e-15, "<=")
+table.example("dKL/dmu: kernel = formula mu", float(np.max(np.abs(dmu - M))), 0.0, 1e-15, "<=",
+              note="the kernel returns its input mu: shown, not a check (the FD row checks it)")
 table.add("dKL/dlogvar: kernel = formula", float(np.max(np.abs(dlogvar - 0.5 * (np.exp(S_) - 1)))),
           0.0, 1e-15, "<=")
 results.update(grad_err_mu=err_mu, grad_err_logvar=err_lv)
 
-# ------------------------------------------------------------------------------------------
-# 4. (KL-2): two diagonal Gaussians, value and four gradients
-# ------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 4. (KL-2): two diagonal Gaussians, value and four gradients
+# %%
 mu_p = rng.normal(0.0, 1.0, D)
 logvar_p = rng.normal(0.0, 0.7, D)
 p = DiagGaussian(mu_p[None, :], logvar_p[None, :])
@@ -222,9 +227,9 @@ ax[1].set(xlabel="z", ylabel="q(z) log q(z)/p(z)",
           title=f"KL in dim 0 = signed area = {kl0:.4f} nats")
 results["figures"].append(C.save_figure(fig, args.out / "kl_two_gaussians.png"))
 
-# ------------------------------------------------------------------------------------------
-# 5. Jensen: log E_q[w] >= E_q[log w], w = p(z)/q(z); the gap is KL(q || p)
-# ------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## 5. Jensen: log E_q[w] >= E_q[log w], w = p(z)/q(z); the gap is KL(q || p)
+# %%
 # q wider than p/2 in variance (sigma^2 > 1/2) so that w has a finite variance.
 mj, sj = 0.5, 1.2
 qj = DiagGaussian(np.array([mj]), np.array([2 * np.log(sj)]))
@@ -236,8 +241,9 @@ mean_log_w, se_log_w = float(log_w.mean()), float(log_w.std(ddof=1) / np.sqrt(Sj
 log_mean_w = float(np.log(w.mean()))
 se_log_mean_w = float(w.std(ddof=1) / np.sqrt(Sj) / w.mean())        # delta method
 kl_j = kl_std_formula(mj, sj)
-table.add("Jensen: log E[w] >= E[log w]", log_mean_w, mean_log_w, 0.0, ">=",
-          note="w = p(z)/q(z), z ~ q: log E[w] = log 1 = 0 and E[log w] = -KL(q||p)")
+table.example("Jensen: log E[w] >= E[log w] (on the sample)", log_mean_w, mean_log_w, 0.0, ">=",
+              note="holds for every sample (log is concave): shown, not a check; the two rows below "
+                   "check each side against its value, 0 and -KL(q||p)")
 table.add("Jensen: E_q[log w] = -KL(q||p)", mean_log_w, -kl_j, N_SE * se_log_w)
 table.add("Jensen: log E_q[w] = log 1 = 0", log_mean_w, 0.0, N_SE * se_log_mean_w)
 results.update(jensen_log_mean_w=log_mean_w, jensen_mean_log_w=mean_log_w,

@@ -96,7 +96,9 @@ epochs = args.epochs or C.quick_or(args, 2, 30)
 K_max = C.quick_or(args, 500, 5000)
 ks = [k for k in KS if k <= K_max]
 
-# -- models trained with k = 1, 5, 50 --------------------------------------------------------
+# %% [markdown]
+# ## Models trained with k = 1, 5, 50
+# %%
 models, hists = {}, {}
 for k in TRAIN_KS:
     m = IWAE(k=k, **arch)                     # k = 1: the VAE with a Monte Carlo KL

@@ -57,9 +57,9 @@ GRAD_TOL = 1e-7          # central differences (nplvm.gradcheck)
 GRAD_TOL_RICHARDSON = 1e-8
 
 
-# ----------------------------------------------------------------------------------------------
-# The model and the log weights
-# ----------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## The model and the log weights
+# %%
 
 def make_fa(D=5, L=2, seed=0):
     """A factor analysis model with known parameters W (D, L), mu (D,), psi (D,), float64."""
@@ -138,9 +138,9 @@ def estimate_bounds(prop, fa, x, Ks, repeats, rng):
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# (5): the gradient of the k-sample bound, by hand
-# ----------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## (5): the gradient of the k-sample bound, by hand
+# %%
 
 def grad_log_w(W, mu, log_psi, x, m, s, eps):
     """Per-sample gradients of log w_i = log p(x, z_i) - log q(z_i), z_i = m + e^(s/2) eps_i.
@@ -198,12 +198,16 @@ SHOWN = ("prior", "mean-field", "wide")
 xv = x[0]
 print(f"factor analysis D=5, L=2; one observation x; exact log p(x) = {log_px:.6f}")
 
-# -- (IS) with the exact posterior: every weight is p(x) -------------------------------------
+# %% [markdown]
+# ## (IS) with the exact posterior: every weight is p(x)
+# %%
 lw_post = props["posterior"].log_weights(fa, xv, (1000,), rng)
 table.add("q = p(z|x): max_i |log w_i - log p(x)|", float(np.max(np.abs(lw_post - log_px))),
           0.0, 1e-10, "<=", note="w = p(x,z)/p(z|x) = p(x) for every z: zero variance")
 
-# -- (1)-(4): many independent repeats of log p_hat_K for each proposal ----------------------
+# %% [markdown]
+# ## (1)-(4): many independent repeats of log p_hat_K for each proposal
+# %%
 Ks = [1, 2, 5, 10, 50, 200] if quick else [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
 repeats = 2000 if quick else 10000
 est = {name: estimate_bounds(props[name], fa, xv, Ks, repeats, rng) for name in SHOWN}
@@ -281,7 +285,9 @@ table.add(f"gap log p(x) - L_k shrinks: gap(k={ks_order[-1]}) <= gap(1)/10", gap
 results.update(elbo_closed=elbo_closed, L={K: stats["mean-field"][K][0] for K in Ks},
                L_se={K: stats["mean-field"][K][1] for K in Ks})
 
-# -- (5) the gradient of the k-sample bound: sum_i w~_i grad log w_i = finite differences ----
+# %% [markdown]
+# ## (5) the gradient of the k-sample bound: sum_i w~_i grad log w_i = finite differences
+# %%
 k = 5
 P = {"W": fa.params["W"].copy(), "mu": fa.params["mu"].copy(), "log_psi": fa.params["log_psi"].copy(),
      "m": m + 0.3 * rng.standard_normal(L), "s": np.log(var_mf) + 0.2 * rng.standard_normal(L)}
@@ -312,7 +318,9 @@ table.add("sum_i w~_i = 1 and w~ = exp(log w - logsumexp)", float(abs(w_tilde.su
     w_tilde - np.exp(lw - logsumexp(lw))))), 0.0, 1e-14, "<=")
 results["grad_errors"] = grad_errs
 
-# -- figures ----------------------------------------------------------------------------------
+# %% [markdown]
+# ## Figures
+# %%
 fig, ax = C.plt.subplots(1, 3, figsize=(15, 4.3))
 gx, gy = np.meshgrid(np.linspace(-3.5, 3.5, 200), np.linspace(-3.5, 3.5, 200))
 grid = np.stack([gx, gy], axis=-1)

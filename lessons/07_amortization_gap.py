@@ -211,7 +211,9 @@ results = {"figures": []}
 
 results["em_trace"] = em_coordinate_ascent(table, rng)
 
-# -- C. joint training: a small VAE -----------------------------------------------------------
+# %% [markdown]
+# ## C. joint training: a small VAE
+# %%
 ds = load_dataset("offline", seed=args.seed)
 n_train = 1000 if quick else 4000
 arch = dict(hidden=(64,), latent=4) if quick else dict(hidden=(200,), latent=8)
@@ -228,7 +230,9 @@ print(f"VAE (hidden {arch['hidden']}, latent {L}) trained {epochs} epochs on {n_
 
 mu_enc, logvar_enc = vae.encode(x)                                   # B. the amortized q
 
-# -- the per-datapoint gradient against finite differences (eps fixed) ------------------------
+# %% [markdown]
+# ## The per-datapoint gradient against finite differences (eps fixed)
+# %%
 eps_fd = rng.standard_normal((3, n_x, L))
 M, S_ = mu_enc.copy(), logvar_enc.copy()
 _, dmu, dlogvar = local_elbo_and_grad(vae, x, M, S_, eps_fd)
@@ -245,7 +249,9 @@ table.add("d ELBO_n/d mu_n = E[g] - mu (vs FD)", err_mu, 0.0, GRAD_TOL, "<=",
           note="lhs: relative error against Richardson finite differences, float64, eps fixed")
 table.add("d ELBO_n/d logvar_n (vs FD)", err_lv, 0.0, GRAD_TOL, "<=")
 
-# -- A. per-datapoint VI from the encoder's answer, decoder fixed -----------------------------
+# %% [markdown]
+# ## A. per-datapoint VI from the encoder's answer, decoder fixed
+# %%
 steps = 150 if quick else 1500
 S_train = 16
 q_local = {"mu": mu_enc.copy(), "logvar": logvar_enc.copy()}
@@ -259,7 +265,9 @@ for t in range(steps):
     if (t + 1) % max(1, steps // 50) == 0 or t == steps - 1:
         trace.append((t + 1, per_sample_elbo(vae, x, q_local["mu"], q_local["logvar"], eps_track).mean(0)))
 
-# -- the gaps, with common random numbers ---------------------------------------------------
+# %% [markdown]
+# ## The gaps, with common random numbers
+# %%
 S_eval = 2000 if quick else 10000
 eps_eval = rng.standard_normal((S_eval, n_x, L))
 e_enc = per_sample_elbo(vae, x, mu_enc, logvar_enc, eps_eval)        # (S, N)
