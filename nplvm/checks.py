@@ -15,6 +15,11 @@ class DataError(ValueError):
     """Bad input data: wrong shape or dtype, NaN/inf, values outside the model's support."""
 
 
+class UsageError(ValueError):
+    """A user's mistake outside the data: a flag value, a path that cannot be used, a run folder
+    that holds another run.  The command-line tools print ``error: <message>`` and exit 2."""
+
+
 def check_array(x, name="x", ndim=None, shape=None, dtype_kind="f"):
     """Check x is an array with the given ndim / shape and a float (or given-kind) dtype.
 
