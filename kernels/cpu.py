@@ -224,7 +224,9 @@ def _bernoulli_rows(x, l, w, nll, dl):
             xi = x[i, j]
             e = exp32(-abs(li))
             t = one / (one + e)
-            acc += max(li, zero) + log1p01_32(e) - xi * li                # softplus(l) - x l
+            # softplus(l) - x l = (1 - x) max(l, 0) + x max(-l, 0) + log1p(e), exact at +-inf
+            acc += ((one - xi) * max(li, zero) if xi < one else zero) + \
+                (xi * max(-li, zero) if xi > zero else zero) + log1p01_32(e)
             sig = t if li >= zero else e * t
             dl[i, j] = wi * (sig - xi)                               # w (sigmoid(l) - x)
         nll[i] = acc
@@ -257,7 +259,9 @@ def _bernoulli_nll_given_exp(x, l, e, lp, w, nll, dl):
             xi = x[i, j]
             ei = e[i, j]                                                 # exp(-|l|)
             t = one / (one + ei)
-            acc += max(li, zero) + lp[i, j] - xi * li                   # softplus(l) - x l
+            # softplus(l) - x l = (1 - x) max(l, 0) + x max(-l, 0) + log1p(e), exact at +-inf
+            acc += ((one - xi) * max(li, zero) if xi < one else zero) + \
+                (xi * max(-li, zero) if xi > zero else zero) + lp[i, j]
             sig = t if li >= zero else ei * t
             dl[i, j] = wi * (sig - xi)                                   # w (sigmoid(l) - x)
         nll[i] = acc

@@ -42,7 +42,10 @@ ROW_KERNELS = {
         lines=(("e", "exp(-fabs(l))"),                      # e = exp(-|l|) in (0, 1]
                ("t", "one / (one + e)"),
                ("sig", "select(l >= zero, t, e * t)")),     # sigmoid(l), no overflow
-        term="fmax(l, zero) + log1p(e) - x * l",            # softplus(l) - x l
+        # softplus(l) - x l = (1 - x) max(l, 0) + x max(-l, 0) + log1p(e): the products only
+        # where their factor is nonzero, so l = +-inf gives the exact 0 or inf (not NaN)
+        term="select(x < one, (one - x) * fmax(l, zero), zero) + "
+             "select(x > zero, x * fmax(-l, zero), zero) + log1p(e)",
         scale="one",
         grads=("w * (sig - x)",)),                          # d/dl
     "gaussian_kl_std": dict(
@@ -103,7 +106,7 @@ def evaluate_math(lines, env, dtype):
     dt = np.dtype(dtype).type
     ns = dict(_NUMPY_FUNCS, one=dt(1), zero=dt(0), half=dt(0.5))
     ns.update(env)
-    with np.errstate(over="ignore", under="ignore"):
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):   # C's select evaluates one side
         for name, expr in lines:
             ns[name] = np.asarray(eval(expr, {"__builtins__": {}}, ns), dtype=dt)  # noqa: S307
     return ns

@@ -11,6 +11,10 @@ array) multiplies the gradient of each row, never the value: it is how a caller 
 The formulas, with l the logits, sigma(l) = 1 / (1 + exp(-l)) and softplus(l) = log(1 + exp(l)):
 
     bernoulli_nll:     -log Bern(x | sigmoid(l)) = softplus(l) - x l        d/dl = sigma(l) - x
+                       computed as (1 - x) max(l, 0) + x max(-l, 0) + log1p(exp(-|l|)), a
+                       product taken only where its factor (1 - x) or x is nonzero, so the
+                       limits at l = +-inf are exact: 0 for a possible pixel (x = 1 at +inf,
+                       x = 0 at -inf), inf for an impossible one
     gaussian_kl_std:   KL(N(mu, e^s) || N(0, 1)) = 1/2 (e^s + mu^2 - 1 - s)
                        d/dmu = mu,   d/ds = 1/2 (e^s - 1)
     gaussian_kl:       KL(N(m, e^s) || N(n, e^t)) = 1/2 (t - s + (e^s + (m - n)^2) e^-t - 1)
@@ -50,8 +54,19 @@ def bernoulli_nll(x, logits, weight=None):
     x: (N, D) in {0, 1}; logits: (N, D).
     Returns nll (N,) = sum_d softplus(l) - x l, and dnll/dlogits (N, D) = weight * (sigmoid(l) - x).
     """
-    nll = np.sum(softplus(logits) - x * logits, axis=1)
+    nll = np.sum(softplus_minus_xl(x, logits), axis=1)
     return nll, _weighted(sigmoid(logits) - x, weight)
+
+
+def softplus_minus_xl(x, l):
+    """softplus(l) - x l = (1 - x) max(l, 0) + x max(-l, 0) + log1p(exp(-|l|)), elementwise.
+
+    Equal to the textbook form for finite l; at l = +-inf it gives the limit (0 or inf) where
+    softplus(l) - x l would give inf - inf or 0 * inf = NaN."""
+    with np.errstate(invalid="ignore"):                   # 0 * inf in the branch not taken
+        pos = np.where(x < 1, (1 - x) * np.maximum(l, 0), 0)
+        neg = np.where(x > 0, x * np.maximum(-l, 0), 0)
+    return (pos + neg + np.log1p(np.exp(-np.abs(l)))).astype(l.dtype, copy=False)
 
 
 def gaussian_kl_std(mu, logvar, weight=None):
