@@ -55,7 +55,9 @@ def resolve_backend(*arrays, backend=None) -> str:
         raise ValueError(f"unknown kernel backend {choice!r}; expected one of {BACKENDS + ('auto',)}")
     on_gpu = any(_is_cupy(a) for a in arrays)
     if choice == "auto":
-        return "cuda" if on_gpu else ("cpu" if _module("cpu") is not None else "reference")
+        if not on_gpu:
+            return "cpu" if _module("cpu") is not None else "reference"
+        choice = "cuda"                         # imported below, like an explicit backend="cuda"
     if on_gpu and choice != "cuda":
         raise TypeError(f"kernel backend {choice!r} was requested but the arrays are CuPy arrays")
     if choice == "cuda" and not on_gpu:

@@ -100,3 +100,12 @@ def test_reference_softplus_minus_xl_equals_the_textbook_form_for_finite_logits(
     soft = rng.random(l.shape)                                   # targets in [0, 1]
     np.testing.assert_allclose(ref.softplus_minus_xl(soft, l), ref.softplus(l) - soft * l,
                                rtol=1e-13, atol=1e-13)
+
+
+def test_auto_dispatch_of_cupy_arrays_imports_the_cuda_backend():
+    """A CuPy array with the default backend ("auto") reaches kernels/cuda.py: the module is
+    imported on first use (it was looked up before being imported, a KeyError on the GPU)."""
+    FakeCupy = type("ndarray", (), {"__module__": "cupy._core.core"})
+    kernels._modules.pop("cuda", None)
+    assert kernels.resolve_backend(FakeCupy()) == "cuda"
+    assert kernels.get("bernoulli_nll", FakeCupy()) is K.bernoulli_nll
