@@ -97,11 +97,13 @@ def integer(name, value, minimum=None, maximum=None):
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     if not ok and isinstance(value, (float, np.floating)) and np.isfinite(value) and value == int(value):
         ok = True
+    want = ("a positive integer (>= 1)" if minimum == 1 and maximum is None
+            else "an integer" + _range(minimum, maximum))
     if not ok:
-        raise ValueError(f"{name} must be an integer{_range(minimum, maximum)}, got {_given(value)}")
+        raise ValueError(f"{name} must be {want}, got {_given(value)}")
     v = int(value)
     if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
-        raise ValueError(f"{name} must be an integer{_range(minimum, maximum)}, got {_given(value)}")
+        raise ValueError(f"{name} must be {want}, got {_given(value)}")
     return v
 
 
@@ -116,6 +118,8 @@ def nonneg_int(name, value):
 
 
 def _range(minimum, maximum, lo_open=False, hi_open=False):
+    if minimum == 0 and maximum is None:
+        return " > 0 (positive)" if lo_open else " >= 0"
     if minimum is not None and maximum is not None:
         return f" in {'(' if lo_open else '['}{minimum}, {maximum}{')' if hi_open else ']'}"
     if minimum is not None:
