@@ -204,7 +204,10 @@ def int_tuple(name, value, minimum=1, allow_empty=True):
 
 
 def seed_value(name, value):
-    """A seed: an integer >= 0, or a numpy Generator (then returned as it is)."""
+    """A seed: an integer >= 0, a list/tuple of them (a seed sequence), or a numpy Generator
+    (returned as it is)."""
     if isinstance(value, np.random.Generator):
         return value
+    if isinstance(value, (list, tuple)) and value:
+        return [nonneg_int(f"{name}[{i}]", v) for i, v in enumerate(value)]
     return nonneg_int(name, value)
