@@ -67,7 +67,7 @@ import numpy as np
 import kernels
 
 from ..backend import check_dtype, rng as make_rng
-from ..checks import DataError, check_array, check_binary, check_finite
+from ..checks import DataError, check_array, check_binary, check_finite, nonneg_int, one_of, positive_int
 from ..distributions import LOG_2PI
 from ..nn import (GRUCell, MLP, Module, gru_fuse, gru_fused_grads, gru_input_grad, gru_input_side,
                   gru_step_backward, gru_step_forward)
@@ -98,8 +98,9 @@ class VRNN(Module):
                  n_mlp=128, activation="relu", dtype="float32", seed=0):
         for name, v in (("n_steps", n_steps), ("row_size", row_size), ("n_latent", n_latent),
                         ("n_hidden", n_hidden), ("n_features", n_features), ("n_mlp", n_mlp)):
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"expected {name} to be a positive integer, got {v!r}")
+            positive_int(name, v)
+        one_of("activation", activation, kernels.reference.ACTIVATIONS)
+        nonneg_int("seed", seed)
         dt = check_dtype(dtype)
         self.T, self.D, self.L = int(n_steps), int(row_size), int(n_latent)
         self.H, self.F, M = int(n_hidden), int(n_features), int(n_mlp)
