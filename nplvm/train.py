@@ -284,7 +284,7 @@ def resume_differences(meta, state, optim_state, model, optimizer, x_train, seed
     saved_cls, now_cls = meta.get("optimizer_class"), type(optimizer).__name__
     if saved_cls is not None and saved_cls != now_cls:
         diffs["optimizer"] = (saved_cls, now_cls)
-    elif optim_state is not None:
+    if optim_state is not None:                       # hyperparameters both classes have, too
         for k, v in _optimizer_hyper(optimizer).items():
             if k in optim_state and float(np.asarray(optim_state[k])) != float(v):
                 diffs[k] = (float(np.asarray(optim_state[k])), float(v))
