@@ -27,6 +27,18 @@ name gets a line there.  Values are validated by the constructor, whose ValueErr
 split to what ``loss`` takes (the VRNN's rows-as-sequences view).
 
 Evaluation needs only the model contract plus ``log_weights(x, K, rng) -> (K, N)``.
+
+Errors and safety
+-----------------
+A user's mistake prints ``error: <what was expected, what was given>`` and exits 2, before any
+file is written (flags, paths, model settings, data are checked first).  A non-empty ``--out``
+needs ``--resume`` (continue) or ``--overwrite`` (replace); ``OUT/.lock`` (an flock, released
+by the system when the process ends) keeps a second writer out; ``run.json`` is written after
+the checks and keeps one history entry per invocation; ``--epochs 0`` writes nothing.
+``--resume`` refuses any difference from the checkpoint (model config, optimizer class and
+hyperparameters, data fingerprint, seed, batch size, clip norm), listing each, unless
+``--allow-change NAME[,NAME]`` names it; the change is recorded in metrics.jsonl, run.json and
+the checkpoint.  Ctrl-C prints the last checkpoint and the command that resumes (exit 130).
 """
 from __future__ import annotations
 
