@@ -275,6 +275,10 @@ def _check_out(out, args):
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise UsageError(f"--out {str(out)!r} is not empty (it holds {shown}); continue that run with "
                          "--resume, replace it with --overwrite, or choose another --out")
+    foreign = [e for e in entries if e not in RUN_FILES]
+    if args.resume and foreign and not (out / "checkpoint.npz").is_file():
+        raise UsageError(f"--resume: {str(out)!r} holds no checkpoint.npz but other files "
+                         f"({', '.join(foreign[:5])}): it is not a run folder; choose another --out")
     parent = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"--out {str(out)!r}: cannot write in {str(parent)!r} (permission denied "
