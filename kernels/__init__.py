@@ -99,7 +99,7 @@ def _check_rows(names, arrays, weight=None):
 
 def _check_act(act):
     if not isinstance(act, str) or act not in reference.ACTIVATIONS:
-        raise ValueError(f"act must be one of {', '.join(reference.ACTIVATIONS)}, got {act!r}")
+        raise ValueError(f"unknown activation {act!r}; act must be one of {', '.join(reference.ACTIVATIONS)}")
 
 
 def _check_number(name, value, low, high=None, low_open=False, integer=False):

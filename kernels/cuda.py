@@ -7,7 +7,7 @@ How the sources are built, so that they can be checked without a GPU:
 
 * The per-element math of each kernel is a short list of ``(name, expression)`` pairs written in
   the common subset of C and Python: ``+ - * /``, comparisons, and the functions ``exp``,
-  ``log1p``, ``expm1``, ``tanh``, ``sqrt``, ``fabs``, ``fmax``, ``fmin`` and ``select(c, a, b)``
+  ``log1p``, ``expm1``, ``tanh``, ``sqrt``, ``fabs``, ``fmax``, ``fmin``, ``isinf`` and ``select(c, a, b)``
   (``c ? a : b``).  ``cuda_source`` pastes them into CUDA C as ``const real name = expr;``;
   ``evaluate_math`` evaluates the *same strings* with NumPy.  tests/test_kernels_cuda.py checks
   the NumPy evaluation against reference.py and compiles the C with NVRTC for sm_75/80/90.
@@ -42,10 +42,10 @@ ROW_KERNELS = {
         lines=(("e", "exp(-fabs(l))"),                      # e = exp(-|l|) in (0, 1]
                ("t", "one / (one + e)"),
                ("sig", "select(l >= zero, t, e * t)")),     # sigmoid(l), no overflow
-        # softplus(l) - x l = (1 - x) max(l, 0) + x max(-l, 0) + log1p(e): the products only
-        # where their factor is nonzero, so l = +-inf gives the exact 0 or inf (not NaN)
-        term="select(x < one, (one - x) * fmax(l, zero), zero) + "
-             "select(x > zero, x * fmax(-l, zero), zero) + log1p(e)",
+        # softplus(l) - x l; at l = +-inf (where it is NaN) its limit: 0 for a possible
+        # pixel, inf = |l| for an impossible one ((1 - x) > 0 at +inf, x > 0 at -inf)
+        term="select(isinf(l), select(select(l > zero, one - x, x) > zero, fabs(l), zero), "
+             "fmax(l, zero) + log1p(e) - x * l)",
         scale="one",
         grads=("w * (sig - x)",)),                          # d/dl
     "gaussian_kl_std": dict(
@@ -95,7 +95,7 @@ ADAM_LINES = (
 )
 
 _NUMPY_FUNCS = dict(exp=np.exp, log1p=np.log1p, expm1=np.expm1, tanh=np.tanh, sqrt=np.sqrt,
-                    fabs=np.abs, fmax=np.maximum, fmin=np.minimum, select=np.where)
+                    fabs=np.abs, fmax=np.maximum, fmin=np.minimum, select=np.where, isinf=np.isinf)
 
 
 def evaluate_math(lines, env, dtype):

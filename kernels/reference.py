@@ -11,10 +11,9 @@ array) multiplies the gradient of each row, never the value: it is how a caller 
 The formulas, with l the logits, sigma(l) = 1 / (1 + exp(-l)) and softplus(l) = log(1 + exp(l)):
 
     bernoulli_nll:     -log Bern(x | sigmoid(l)) = softplus(l) - x l        d/dl = sigma(l) - x
-                       computed as (1 - x) max(l, 0) + x max(-l, 0) + log1p(exp(-|l|)), a
-                       product taken only where its factor (1 - x) or x is nonzero, so the
-                       limits at l = +-inf are exact: 0 for a possible pixel (x = 1 at +inf,
-                       x = 0 at -inf), inf for an impossible one
+                       at l = +-inf its limit: 0 for a possible pixel (x = 1 at +inf, x = 0
+                       at -inf), inf for an impossible one (the formula gives inf - inf or
+                       0 * inf = NaN there)
     gaussian_kl_std:   KL(N(mu, e^s) || N(0, 1)) = 1/2 (e^s + mu^2 - 1 - s)
                        d/dmu = mu,   d/ds = 1/2 (e^s - 1)
     gaussian_kl:       KL(N(m, e^s) || N(n, e^t)) = 1/2 (t - s + (e^s + (m - n)^2) e^-t - 1)
@@ -59,14 +58,18 @@ def bernoulli_nll(x, logits, weight=None):
 
 
 def softplus_minus_xl(x, l):
-    """softplus(l) - x l = (1 - x) max(l, 0) + x max(-l, 0) + log1p(exp(-|l|)), elementwise.
+    """softplus(l) - x l elementwise, with its limit where l = +-inf.
 
-    Equal to the textbook form for finite l; at l = +-inf it gives the limit (0 or inf) where
-    softplus(l) - x l would give inf - inf or 0 * inf = NaN."""
-    with np.errstate(invalid="ignore"):                   # 0 * inf in the branch not taken
-        pos = np.where(x < 1, (1 - x) * np.maximum(l, 0), 0)
-        neg = np.where(x > 0, x * np.maximum(-l, 0), 0)
-    return (pos + neg + np.log1p(np.exp(-np.abs(l)))).astype(l.dtype, copy=False)
+    As l -> +inf it tends to (1 - x) l: 0 if x = 1, else inf; as l -> -inf to -x l: 0 if x = 0,
+    else inf.  (The formula itself gives inf - inf or 0 * inf = NaN there.)  Finite l: the
+    formula, unchanged.  NaN in, NaN out."""
+    with np.errstate(invalid="ignore"):                   # inf - inf, 0 * inf: replaced below
+        term = softplus(l) - x * l
+    at_inf = np.isinf(l)
+    if at_inf.any():
+        impossible = np.where(l > 0, 1 - x, x) > 0           # the pixel has probability 0
+        term = np.where(at_inf, np.where(impossible, np.inf, 0.0), term).astype(term.dtype, copy=False)
+    return term
 
 
 def gaussian_kl_std(mu, logvar, weight=None):

@@ -109,3 +109,20 @@ def test_auto_dispatch_of_cupy_arrays_imports_the_cuda_backend():
     kernels._modules.pop("cuda", None)
     assert kernels.resolve_backend(FakeCupy()) == "cuda"
     assert kernels.get("bernoulli_nll", FakeCupy()) is K.bernoulli_nll
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_nan_logit_stays_nan_and_finite_rows_are_unchanged(dtype):
+    """The limits apply to +-inf only: a NaN logit still gives a NaN row (a diverged model must
+    show), and the rows without an infinite logit are bit for bit what the formula gives."""
+    rng = np.random.default_rng(3)
+    l = (4 * rng.standard_normal((6, 50))).astype(dtype)
+    x = (rng.random(l.shape) < 0.5).astype(dtype)
+    plain = {b: kernels.bernoulli_nll(x, l, backend=b)[0] for b in ("reference", "cpu")}
+    l[1, 3], l[2, 7], l[4, 0] = np.nan, np.inf, -np.inf
+    for b in ("reference", "cpu"):
+        nll, _ = kernels.bernoulli_nll(x, l, backend=b)
+        assert np.isnan(nll[1]) and not np.isnan(np.delete(nll, 1)).any()
+        np.testing.assert_array_equal(nll[[0, 3, 5]], plain[b][[0, 3, 5]])
+    got = K.evaluate_row_kernel("bernoulli_nll", [x, l], None, dtype)[0]
+    assert np.isnan(got[1]) and not np.isnan(np.delete(got, 1)).any()
