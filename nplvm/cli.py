@@ -367,6 +367,12 @@ def cmd_train(args, log=print):
         optimizer = _make_optimizer(args.optimizer, args.lr)
     except ValueError as e:
         raise UsageError(f"invalid optimizer settings: {e}") from None
+    from .train import RUN_SETTINGS, _optimizer_hyper
+    known = set(config) - {"seed", "x_dim"} | set(RUN_SETTINGS) | set(_optimizer_hyper(optimizer))
+    unknown = [n for n in args.allow_change if n not in known]
+    if unknown:
+        raise UsageError(f"--allow-change: unknown setting(s) {', '.join(unknown)}; the settings of this "
+                         f"run are {', '.join(sorted(known))}")
     x_fit, v_fit = _prepare(cls, x_train), _prepare(cls, x_valid)
     ckpt = out / CHECKPOINT
     if args.epochs == 0:
@@ -562,7 +568,7 @@ def main(argv=None):
         print(f"training diverged: {e}", file=sys.stderr)
         return 1
     except (Interrupted, KeyboardInterrupt) as e:
-        print(f"\n{e or 'interrupted (Ctrl-C); nothing was written'}", file=sys.stderr)
+        print(f"\n{str(e) or 'interrupted (Ctrl-C); nothing was written'}", file=sys.stderr)
         return INTERRUPTED
     return 0
 

@@ -204,6 +204,8 @@ def test_resume_refuses_each_difference_and_lists_them(run, tmp_path):
 
 
 def test_a_deliberate_change_is_allowed_by_name_and_recorded(run, tmp_path):
+    assert_user_error(cli("train", "vae", *TINY, "--epochs", "2", "--resume", "--lr", "0.01",
+                          "--allow-change", "lrr", "--out", run, cwd=tmp_path), "unknown setting(s) lrr")
     proc = cli("train", "vae", *TINY, "--epochs", "2", "--resume", "--lr", "0.01",
                "--allow-change", "lr", "--out", run, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
