@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib
 import os
 
+import numpy as np
+
 from . import reference
 
 BACKENDS = ("reference", "cpu", "cuda")
@@ -55,7 +57,9 @@ def resolve_backend(*arrays, backend=None) -> str:
         raise ValueError(f"unknown kernel backend {choice!r}; expected one of {BACKENDS + ('auto',)}")
     on_gpu = any(_is_cupy(a) for a in arrays)
     if choice == "auto":
-        return "cuda" if on_gpu else ("cpu" if _module("cpu") is not None else "reference")
+        if not on_gpu:
+            return "cpu" if _module("cpu") is not None else "reference"
+        choice = "cuda"                         # imported below, like an explicit backend="cuda"
     if on_gpu and choice != "cuda":
         raise TypeError(f"kernel backend {choice!r} was requested but the arrays are CuPy arrays")
     if choice == "cuda" and not on_gpu:
@@ -91,6 +95,24 @@ def _check_rows(names, arrays, weight=None):
         shape = getattr(weight, "shape", ())
         if shape not in ((), (a0.shape[0],)):
             raise ValueError(f"expected weight to be a scalar or of shape ({a0.shape[0]},), got {shape}")
+
+
+def _check_act(act):
+    if not isinstance(act, str) or act not in reference.ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; act must be one of {', '.join(reference.ACTIVATIONS)}")
+
+
+def _check_number(name, value, low, high=None, low_open=False, integer=False):
+    """A finite real (or integer) in [low, high) -- or (low, ...) with low_open; bools refused.
+    (kernels sits below nplvm, so nplvm.checks is not used here.)"""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    ok = isinstance(value, kinds) and not isinstance(value, (bool, np.bool_)) and np.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (high is None or value < high)
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        rng = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
+        raise ValueError(f"{name} must be {kind} in {rng}, got {value!r}")
 
 
 def _check_linear(x, W, b):
@@ -136,12 +158,14 @@ def matmul_tiled(a, b, *, backend=None):
 def linear_forward(x, W, b, act="identity", *, backend=None):
     """y = act(x @ W + b); see reference.linear_forward."""
     _check_linear(x, W, b)
+    _check_act(act)
     return get("linear_forward", x, W, b, backend=backend)(x, W, b, act)
 
 
 def linear_backward(dy, x, W, y, act="identity", need_dx=True, *, backend=None):
     """(dx, dW, db) of the fused layer; see reference.linear_backward."""
     _check_linear(x, W, None)
+    _check_act(act)
     if getattr(dy, "shape", None) != (x.shape[0], W.shape[1]) or getattr(y, "shape", None) != dy.shape:
         raise ValueError(f"expected dy and y of shape ({x.shape[0]}, {W.shape[1]}), got "
                          f"{getattr(dy, 'shape', None)} and {getattr(y, 'shape', None)}")
@@ -153,4 +177,9 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, t, *, backend=None):
     for name, a in (("g", g), ("m", m), ("v", v)):
         if getattr(a, "shape", None) != p.shape:
             raise ValueError(f"expected {name} of shape {p.shape} like p, got {getattr(a, 'shape', None)}")
+    _check_number("lr", lr, 0, low_open=True)
+    _check_number("beta1", beta1, 0, 1)
+    _check_number("beta2", beta2, 0, 1)
+    _check_number("eps", eps, 0, low_open=True)
+    _check_number("t (the step number, from 1)", t, 1, integer=True)
     return get("adam_step", p, g, m, v, backend=backend)(p, g, m, v, lr, beta1, beta2, eps, t)

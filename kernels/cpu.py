@@ -207,6 +207,15 @@ def _parallel(size, min_size):
 # Bernoulli negative log-likelihood from logits
 # ------------------------------------------------------------------------------------------
 @njit(inline="always", **_JIT)
+def _limit_at_inf(l, x):
+    """softplus(l) - x l at l = +-inf, where the formula gives NaN: (1 - x) l -> 0 if x = 1,
+    else inf (l = +inf); -x l -> 0 if x = 0, else inf (l = -inf).  The Bernoulli kernels redo a
+    row whose sum came out NaN with it, so the hot loop pays nothing for the rare case."""
+    impossible = ((1.0 - x) if l > 0 else x) > 0
+    return np.inf if impossible else 0.0
+
+
+@njit(inline="always", **_JIT)
 def _bernoulli_rows(x, l, w, nll, dl):
     """One pass over the rows of logits l (N, D), exp taken once per logit and reused:
 
@@ -229,6 +238,12 @@ def _bernoulli_rows(x, l, w, nll, dl):
             acc += max(li, zero) + log1p01_32(e) - xi * li                # softplus(l) - x l
             sig = t if li >= zero else e * t
             dl[i, j] = wi * (sig - xi)                               # w (sigmoid(l) - x)
+        if acc != acc:           # NaN: a logit of +-inf (inf - inf, 0 * inf) or a NaN: rare, redone
+            acc = 0.0
+            for j in range(D):
+                li = l[i, j]
+                term = max(li, zero) + log1p01_32(exp32(-abs(li))) - x[i, j] * li
+                acc += _limit_at_inf(li, x[i, j]) if abs(li) == np.inf else term
         nll[i] = acc
 
 
@@ -262,6 +277,12 @@ def _bernoulli_nll_given_exp(x, l, e, lp, w, nll, dl):
             acc += max(li, zero) + lp[i, j] - xi * li                   # softplus(l) - x l
             sig = t if li >= zero else ei * t
             dl[i, j] = wi * (sig - xi)                                   # w (sigmoid(l) - x)
+        if acc != acc:           # NaN: a logit of +-inf (inf - inf, 0 * inf) or a NaN: rare, redone
+            acc = 0.0
+            for j in range(D):
+                li = l[i, j]
+                term = max(li, zero) + lp[i, j] - x[i, j] * li
+                acc += _limit_at_inf(li, x[i, j]) if abs(li) == np.inf else term
         nll[i] = acc
 
 

@@ -7,7 +7,7 @@ How the sources are built, so that they can be checked without a GPU:
 
 * The per-element math of each kernel is a short list of ``(name, expression)`` pairs written in
   the common subset of C and Python: ``+ - * /``, comparisons, and the functions ``exp``,
-  ``log1p``, ``expm1``, ``tanh``, ``sqrt``, ``fabs``, ``fmax``, ``fmin`` and ``select(c, a, b)``
+  ``log1p``, ``expm1``, ``tanh``, ``sqrt``, ``fabs``, ``fmax``, ``fmin``, ``isinf`` and ``select(c, a, b)``
   (``c ? a : b``).  ``cuda_source`` pastes them into CUDA C as ``const real name = expr;``;
   ``evaluate_math`` evaluates the *same strings* with NumPy.  tests/test_kernels_cuda.py checks
   the NumPy evaluation against reference.py and compiles the C with NVRTC for sm_75/80/90.
@@ -43,7 +43,10 @@ ROW_KERNELS = {
         lines=(("e", "exp(-fabs(l))"),                      # e = exp(-|l|) in (0, 1]
                ("t", "one / (one + e)"),
                ("sig", "select(l >= zero, t, e * t)")),     # sigmoid(l), no overflow
-        term="fmax(l, zero) + log1p(e) - x * l",            # softplus(l) - x l
+        # softplus(l) - x l; at l = +-inf (where it is NaN) its limit: 0 for a possible
+        # pixel, inf = |l| for an impossible one ((1 - x) > 0 at +inf, x > 0 at -inf)
+        term="select(isinf(l), select(select(l > zero, one - x, x) > zero, fabs(l), zero), "
+             "fmax(l, zero) + log1p(e) - x * l)",
         scale="one",
         grads=("w * (sig - x)",)),                          # d/dl
     # TWIN kl-gradient:
@@ -95,7 +98,7 @@ ADAM_LINES = (
 )
 
 _NUMPY_FUNCS = dict(exp=np.exp, log1p=np.log1p, expm1=np.expm1, tanh=np.tanh, sqrt=np.sqrt,
-                    fabs=np.abs, fmax=np.maximum, fmin=np.minimum, select=np.where)
+                    fabs=np.abs, fmax=np.maximum, fmin=np.minimum, select=np.where, isinf=np.isinf)
 
 
 def evaluate_math(lines, env, dtype):
@@ -106,7 +109,7 @@ def evaluate_math(lines, env, dtype):
     dt = np.dtype(dtype).type
     ns = dict(_NUMPY_FUNCS, one=dt(1), zero=dt(0), half=dt(0.5))
     ns.update(env)
-    with np.errstate(over="ignore", under="ignore"):
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):   # C's select evaluates one side
         for name, expr in lines:
             ns[name] = np.asarray(eval(expr, {"__builtins__": {}}, ns), dtype=dt)  # noqa: S307
     return ns

@@ -12,6 +12,9 @@ The Bernoulli formula, with l the logits, sigma(l) = 1 / (1 + exp(-l)) and
 softplus(l) = log(1 + exp(l)):
 
     bernoulli_nll:     -log Bern(x | sigmoid(l)) = softplus(l) - x l        d/dl = sigma(l) - x
+                       at l = +-inf its limit: 0 for a possible pixel (x = 1 at +inf, x = 0
+                       at -inf), inf for an impossible one (the formula gives inf - inf or
+                       0 * inf = NaN there)
 
 summed over D to give one value per row.  The KL between diagonal Gaussians and the fused
 layer's backward are derived in their functions (``gaussian_kl``, ``linear_backward``).
@@ -49,8 +52,23 @@ def bernoulli_nll(x, logits, weight=None):
     x: (N, D) in {0, 1}; logits: (N, D).
     Returns nll (N,) = sum_d softplus(l) - x l, and dnll/dlogits (N, D) = weight * (sigmoid(l) - x).
     """
-    nll = np.sum(softplus(logits) - x * logits, axis=1)
+    nll = np.sum(softplus_minus_xl(x, logits), axis=1)
     return nll, _weighted(sigmoid(logits) - x, weight)
+
+
+def softplus_minus_xl(x, l):
+    """softplus(l) - x l elementwise, with its limit where l = +-inf.
+
+    As l -> +inf it tends to (1 - x) l: 0 if x = 1, else inf; as l -> -inf to -x l: 0 if x = 0,
+    else inf.  (The formula itself gives inf - inf or 0 * inf = NaN there.)  Finite l: the
+    formula, unchanged.  NaN in, NaN out."""
+    with np.errstate(invalid="ignore"):                   # inf - inf, 0 * inf: replaced below
+        term = softplus(l) - x * l
+    at_inf = np.isinf(l)
+    if at_inf.any():
+        impossible = np.where(l > 0, 1 - x, x) > 0           # the pixel has probability 0
+        term = np.where(at_inf, np.where(impossible, np.inf, 0.0), term).astype(term.dtype, copy=False)
+    return term
 
 
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, weight=None):

@@ -107,10 +107,18 @@ def parse_args(argv, description, file, extra=None):
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
+    # a bad value is the user's mistake: "error: ..." and exit status 2 (parser.error), no traceback
+    if args.seed < 0:
+        parser.error(f"argument --seed: expected an integer >= 0, got {args.seed}")
     if args.out is None:
         args.out = REPO_ROOT / "figures" / lesson_name(file)
     args.out = Path(args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"argument --out: {str(args.out)!r} is a file, expected a folder for the figures")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"argument --out: cannot create {str(args.out)!r} ({e.strerror or e})")
     return args
 
 

@@ -56,12 +56,20 @@ def rng(seed) -> np.random.Generator:
         return seed
     if seed is None:
         raise ValueError("a seed is required: nplvm draws every random number from a seeded Generator")
+    from .checks import nonneg_int               # checks imports this module: imported on use
+    if isinstance(seed, (list, tuple)):
+        seed = [nonneg_int(f"seed[{i}]", s) for i, s in enumerate(seed)]
+    else:
+        seed = nonneg_int("seed", seed)
     return np.random.default_rng(seed)
 
 
 def check_dtype(dtype):
     """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise a clear error."""
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"expected dtype float32 or float64, got {dtype!r}") from None
     if dt not in [np.dtype(d) for d in FLOAT_DTYPES]:
         raise TypeError(f"expected dtype float32 or float64, got {dt}")
     return dt

@@ -27,13 +27,28 @@ name gets a line there.  Values are validated by the constructor, whose ValueErr
 split to what ``loss`` takes (the VRNN's rows-as-sequences view).
 
 Evaluation needs only the model contract plus ``log_weights(x, K, rng) -> (K, N)``.
+
+Errors and safety
+-----------------
+A user's mistake prints ``error: <what was expected, what was given>`` and exits 2, before any
+file is written (flags, paths, model settings, data are checked first).  A non-empty ``--out``
+needs ``--resume`` (continue) or ``--overwrite`` (replace); ``OUT/.lock`` (an flock, released
+by the system when the process ends) keeps a second writer out; ``run.json`` is written after
+the checks and keeps one history entry per invocation; ``--epochs 0`` writes nothing.
+``--resume`` refuses any difference from the checkpoint (model config, optimizer class and
+hyperparameters, data fingerprint, seed, batch size, clip norm), listing each, unless
+``--allow-change NAME[,NAME]`` names it; the change is recorded in metrics.jsonl, run.json and
+the checkpoint.  Ctrl-C prints the last checkpoint and the command that resumes (exit 130).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +57,10 @@ import numpy as np
 QUICK_SIZES = {"train": 1000, "valid": 200, "test": 200}
 QUICK_MAX_K = 100
 COMMON_FLAGS = ("--data", "--epochs", "--batch-size", "--lr", "--optimizer", "--clip-norm", "--seed",
-                "--out", "--quick", "--resume", "--no-progress")
+                "--out", "--quick", "--resume", "--overwrite", "--allow-change", "--no-progress")
+RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "run.json", "evaluation.json")
+LOCK = ".lock"
+INTERRUPTED = 130            # exit status after Ctrl-C (128 + SIGINT), as shells report it
 
 
 # The naming table: one meaning per constructor argument name across all models (README,
@@ -151,7 +169,16 @@ def build_parser(kind=None):
     t.add_argument("--quick", action="store_true",
                    help=f"smoke run: the first {QUICK_SIZES['train']} training and "
                         f"{QUICK_SIZES['valid']} validation images")
-    t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from --out/checkpoint.npz; the model, optimizer and data must be "
+                        "the checkpoint's (see --allow-change)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run in a non-empty --out (its checkpoint, metrics, run.json "
+                        "and evaluation.json are deleted first)")
+    t.add_argument("--allow-change", action="append", default=[], metavar="NAMES",
+                   help="with --resume: settings that may differ from the checkpoint's, comma-"
+                        "separated (e.g. lr or beta,lr; also optimizer, data, seed, batch_size, "
+                        "clip_norm); each change is recorded in metrics.jsonl, the checkpoint and run.json")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     if kind is not None:
         from .models import get_class
@@ -200,12 +227,130 @@ def _jsonable(d):
     return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
-def cmd_train(args, log=print):
-    from .checks import DataError
-    from .models import get_class
-    from .train import fit
+class Interrupted(Exception):
+    """Ctrl-C: the message says what is on disk and how to go on."""
 
+
+def _validated(what, check, *a):
+    """Run a checks.* validator, turning its ValueError into a UsageError (``error: ...``, exit 2)."""
+    from .checks import UsageError
+    try:
+        return check(*a)
+    except ValueError as e:
+        raise UsageError(f"{what}: {e}") from None
+
+
+def _validate_train_args(args):
+    from .checks import nonneg_int, optional, positive_float, positive_int
+    args.epochs = _validated("--epochs", nonneg_int, "epochs", args.epochs)
+    args.batch_size = _validated("--batch-size", positive_int, "batch size", args.batch_size)
+    args.lr = _validated("--lr", positive_float, "learning rate", args.lr)
+    args.clip_norm = _validated("--clip-norm", optional, positive_float, "clip norm", args.clip_norm)
+    args.seed = _validated("--seed", nonneg_int, "seed", args.seed)
+    if args.resume and args.overwrite:
+        from .checks import UsageError
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: give one")
+    names = [n.strip().replace("-", "_") for item in args.allow_change for n in item.split(",") if n.strip()]
+    if names and not args.resume:
+        from .checks import UsageError
+        raise UsageError(f"--allow-change {','.join(names)} only applies with --resume")
+    args.allow_change = names
+
+
+def _run_entries(out):
+    """What a non-empty --out holds (the lock file aside)."""
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+
+
+def _check_out(out, args):
+    """--out must be a folder we may write; a non-empty one needs --resume or --overwrite."""
+    from .checks import UsageError
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, expected a folder (new or holding a run)")
+    entries = _run_entries(out)
+    if entries and not (args.resume or args.overwrite):
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise UsageError(f"--out {str(out)!r} is not empty (it holds {shown}); continue that run with "
+                         "--resume, replace it with --overwrite, or choose another --out")
+    foreign = [e for e in entries if e not in RUN_FILES]
+    if args.resume and foreign and not (out / "checkpoint.npz").is_file():
+        raise UsageError(f"--resume: {str(out)!r} holds no checkpoint.npz but other files "
+                         f"({', '.join(foreign[:5])}): it is not a run folder; choose another --out")
+    parent = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {str(out)!r}: cannot write in {str(parent)!r} (permission denied "
+                         "or not a folder); choose another --out")
+
+
+class _Lock:
+    """An exclusive lock on OUT/.lock (fcntl.flock): a second writer of the same folder is refused.
+
+    The kernel drops the lock when the process ends, however it ends (Ctrl-C, SIGKILL), so a
+    crashed run never leaves a stale lock behind.  The file itself stays (empty of meaning)."""
+
+    def __init__(self, out):
+        self.path, self.f = Path(out) / LOCK, None
+
+    def __enter__(self):
+        from .checks import UsageError
+        try:
+            import fcntl
+        except ImportError:                             # not POSIX: no lock, as before
+            return self
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "another process"
+            self.f.close()
+            self.f = None
+            raise UsageError(f"{str(self.path.parent)!r} is being written by {holder}; wait for it to "
+                             "finish (or stop it), or choose another --out") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"pid {os.getpid()} ({' '.join(sys.argv[:1] + ['train'])}, started "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            self.f.close()                              # closing releases the flock
+        return False
+
+
+def _resume_command(argv):
+    """The argv that resumes this run: the same flags, with --resume instead of --overwrite."""
+    argv = [a for a in argv if a != "--overwrite"]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return "python -m nplvm " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _argv(args):
+    argv = getattr(args, "argv", None)
+    return list(sys.argv[1:] if argv is None else argv)
+
+
+def _checkpoint_epoch(ckpt):
+    from .train import read_checkpoint
+    try:
+        return read_checkpoint(ckpt)[3].get("epoch")
+    except Exception:
+        return None
+
+
+def cmd_train(args, log=print):
+    from .checks import DataError, UsageError
+    from .models import get_class
+    from .train import CHECKPOINT, check_resume, data_fingerprint, fit
+    from .train import _atomic_write
+
+    _validate_train_args(args)                        # numbers first: nothing read, nothing written
     cls = get_class(args.model)
+    out = Path(args.out or f"runs/{args.model}")
+    _check_out(out, args)
     ds = _load_data(args.data, args.quick, log)
     x_train, x_valid = ds.train, ds.valid
     if args.quick:
@@ -215,19 +360,77 @@ def cmd_train(args, log=print):
         model = cls(**config)
     except (ValueError, TypeError) as e:
         raise DataError(f"invalid {args.model} settings: {e}") from None
+    try:
+        optimizer = _make_optimizer(args.optimizer, args.lr)
+    except ValueError as e:
+        raise UsageError(f"invalid optimizer settings: {e}") from None
+    from .train import RUN_SETTINGS, _optimizer_hyper
+    known = set(config) - {"seed", "x_dim"} | set(RUN_SETTINGS) | set(_optimizer_hyper(optimizer))
+    unknown = [n for n in args.allow_change if n not in known]
+    if unknown:
+        raise UsageError(f"--allow-change: unknown setting(s) {', '.join(unknown)}; the settings of this "
+                         f"run are {', '.join(sorted(known))}")
+    x_fit, v_fit = _prepare(cls, x_train), _prepare(cls, x_valid)
+    ckpt = out / CHECKPOINT
+    if args.epochs == 0:
+        log("--epochs 0: nothing to train; nothing written")
+        return []
     log(f"model: {model!r}")
     n_params = sum(int(np.prod(p.shape)) for p in model.params.values())
     log(f"{args.model}: {n_params:,} parameters; training on {len(x_train):,} examples, "
         f"validating on {len(x_valid):,}")
-    out = Path(args.out or f"runs/{args.model}")
-    out.mkdir(parents=True, exist_ok=True)
-    run = {"command": "train", "model": args.model, "config": config, "data": args.data,
-           "argv": sys.argv[1:], "args": _jsonable(vars(args))}
-    (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
-    history = fit(model, _make_optimizer(args.optimizer, args.lr),
-                  _prepare(cls, x_train), _prepare(cls, x_valid),
-                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, out_dir=out,
-                  progress=not args.no_progress, clip_norm=args.clip_norm, resume=args.resume, log=log)
+
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {str(out)!r}: cannot create the folder ({e.strerror or e})") from None
+    try:
+        with _Lock(out):
+            _check_out(out, args)                     # again, now that no one else can write here
+            changes, done = {}, 0
+            fingerprint = data_fingerprint(x_fit)
+            if args.resume and ckpt.is_file():
+                changes, _, _, state = check_resume(ckpt, model, optimizer, x_fit, args.seed,
+                                                    args.batch_size, args.clip_norm,
+                                                    args.allow_change, fingerprint)
+                done = int(state.get("epoch", 0))
+                if done >= args.epochs:
+                    log(f"{str(ckpt)!r} is already at epoch {done} >= --epochs {args.epochs}: "
+                        "nothing to train; nothing written (raise --epochs to continue)")
+                    return list(state.get("history", []))
+            if args.overwrite:
+                for name in RUN_FILES:
+                    (out / name).unlink(missing_ok=True)
+            run_file = out / "run.json"
+            old = json.loads(run_file.read_text()) if args.resume and run_file.is_file() else {}
+            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": _argv(args), "from_epoch": done, "to_epoch": args.epochs}
+            if changes:
+                entry["changed"] = changes
+            run = {"command": "train", "model": args.model, "config": config, "data": args.data,
+                   "argv": entry["argv"], "args": _jsonable(vars(args)),
+                   "data_fingerprint": fingerprint, "history": list(old.get("history", [])) + [entry]}
+            _atomic_write(run_file, lambda f: f.write((json.dumps(run, indent=1) + "\n").encode()))
+            try:
+                history = fit(model, optimizer, x_fit, v_fit, epochs=args.epochs,
+                              batch_size=args.batch_size, seed=args.seed, out_dir=out,
+                              progress=not args.no_progress, clip_norm=args.clip_norm,
+                              resume=args.resume, log=log, allow_change=args.allow_change)
+            except KeyboardInterrupt:
+                epoch = _checkpoint_epoch(ckpt) if ckpt.is_file() else None
+                where = (f"the last checkpoint is {str(ckpt)!r} (epoch {epoch} of {args.epochs}, "
+                         "written atomically: intact)" if epoch is not None else
+                         "no epoch had finished, so no checkpoint was written")
+                raise Interrupted(f"interrupted (Ctrl-C): {where}; resume with:\n  "
+                                  + _resume_command(_argv(args))) from None
+    except BaseException:
+        if created and out.is_dir() and not _run_entries(out):   # leave no empty folder behind
+            (out / LOCK).unlink(missing_ok=True)
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+        raise
     log(f"wrote {out / 'metrics.jsonl'} and {out / 'checkpoint.npz'}")
     log(f"evaluate with: python -m nplvm evaluate --checkpoint {out}")
     return history
@@ -238,13 +441,40 @@ def _checkpoint_path(p):
     return p / "checkpoint.npz" if p.is_dir() else p
 
 
+def _validate_evaluate_args(args):
+    from .checks import nonneg_int, optional, positive_int
+    args.K = _validated("--K", positive_int, "K (importance samples)", args.K)
+    args.batch_size = _validated("--batch-size", positive_int, "batch size", args.batch_size)
+    args.max_rows = _validated("--max-rows", positive_int, "max rows", args.max_rows)
+    args.n = _validated("--n", optional, positive_int, "n (examples)", args.n)
+    args.seed = _validated("--seed", nonneg_int, "seed", args.seed)
+
+
+def _check_writable_folder(out, flag):
+    """Raise UsageError unless a file can be written in folder ``out`` (created if absent):
+    checked before anything is computed, by writing (and removing) a probe file."""
+    from .checks import UsageError
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {str(out)!r} is a file, expected a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe.")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"{flag} {str(out)!r}: cannot write there ({e.strerror or e})") from None
+
+
 def cmd_evaluate(args, log=print):
     from . import objectives
     from .data import strided_subset
     from .train import load_checkpoint
 
+    _validate_evaluate_args(args)
     ckpt = _checkpoint_path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.parent
     model, _, state = load_checkpoint(ckpt)
+    _check_writable_folder(out, "--out" if args.out else "the checkpoint's folder")
     from .models import get_class
     cls = get_class(model.kind)
     run_file = ckpt.parent / "run.json"
@@ -258,18 +488,22 @@ def cmd_evaluate(args, log=print):
     x = _prepare(cls, strided_subset(x, n))                    # every digit represented
     K = min(args.K, QUICK_MAX_K) if args.quick else args.K
     t0 = time.perf_counter()
-    loss = objectives.mean_loss(model, x, rng=args.seed, batch=args.batch_size)
-    nelbo = objectives.nelbo(model, x, rng=args.seed + 1, batch=args.batch_size)
-    last = [time.perf_counter()]
+    try:
+        loss = objectives.mean_loss(model, x, rng=args.seed, batch=args.batch_size)
+        nelbo = objectives.nelbo(model, x, rng=args.seed + 1, batch=args.batch_size)
+        last = [time.perf_counter()]
 
-    def progress(done, total):
-        if time.perf_counter() - last[0] > 10 or done == total:
-            last[0] = time.perf_counter()
-            print(f"  importance sampling: {done}/{total} examples", file=sys.stderr, flush=True)
+        def progress(done, total):
+            if time.perf_counter() - last[0] > 10 or done == total:
+                last[0] = time.perf_counter()
+                print(f"  importance sampling: {done}/{total} examples", file=sys.stderr, flush=True)
 
-    log_px = objectives.importance_sampled_log_px(model, x, K=K, batch=args.batch_size,
-                                                  rng=args.seed + 2, max_rows=args.max_rows,
-                                                  progress=progress)
+        log_px = objectives.importance_sampled_log_px(model, x, K=K, batch=args.batch_size,
+                                                      rng=args.seed + 2, max_rows=args.max_rows,
+                                                      progress=progress)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted (Ctrl-C) during the evaluation; nothing was written "
+                          "(training checkpoints are untouched)") from None
     nll = -float(np.mean(log_px))
     result = {"checkpoint": str(ckpt), "kind": model.kind, "epoch": state.get("epoch"),
               "split": args.split, "n": int(len(log_px)), "K": K, "seed": args.seed,
@@ -279,27 +513,38 @@ def cmd_evaluate(args, log=print):
     log(f"{args.split} loss (training objective)  {loss:.3f} nats per example")
     log(f"{args.split} NELBO (1 sample)            {nelbo:.3f}")
     log(f"{args.split} NLL, IS with K = {K:<6}       {nll:.3f}  (+- {result['nll_se']:.3f} over examples)")
-    out = Path(args.out) if args.out else ckpt.parent
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(result, indent=1) + "\n")
+    from .train import _atomic_write
+    _atomic_write(out / "evaluation.json", lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
     log(json.dumps(result))
     return result
 
 
 def main(argv=None):
-    """Entry point of ``python -m nplvm``; returns the exit status."""
+    """Entry point of ``python -m nplvm``; returns the exit status.
+
+    One error path: a user's mistake (a bad flag value, a path that is not there or not
+    writable, a run that does not fit its checkpoint, bad data) prints ``error: <what was
+    expected, what was given>`` to stderr and returns 2, before any file is written; a diverged
+    training returns 1; Ctrl-C says where the last checkpoint is and how to resume, and returns 130.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     kind = argv[1] if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-") else None
     if kind is not None:
         from .models import get_class
         try:
-            get_class(kind)
+            cls = get_class(kind)
         except KeyError as e:
             build_parser().error(str(e.args[0]))
         except ImportError as e:
             build_parser().error(f"model kind {kind!r} could not be imported: {e}")
+        if not _trainable(cls):
+            build_parser().error(
+                f"model kind {kind!r} is not trained by gradient steps: {_why_not_trainable(cls)}"
+                + ("; fit it in Python with its fit(X) method (EM), as lessons/01_factor_analysis.py "
+                   "does" if hasattr(cls, "fit") else ""))
     args = build_parser(kind).parse_args(argv)
-    from .checks import DataError
+    args.argv = argv
+    from .checks import DataError, UsageError
     from .train import CheckpointError, TrainingDiverged
     try:
         if args.command == "models":
@@ -309,10 +554,31 @@ def main(argv=None):
             cmd_train(args)
         else:
             cmd_evaluate(args)
-    except (DataError, CheckpointError, FileNotFoundError) as e:
+    except (UsageError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:                     # a path that is not there, not readable, disk full
+        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{':' if where else ''}{where}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"training diverged: {e}", file=sys.stderr)
         return 1
+    except (Interrupted, KeyboardInterrupt) as e:
+        print(f"\n{str(e) or 'interrupted (Ctrl-C); nothing was written'}", file=sys.stderr)
+        return INTERRUPTED
     return 0
+
+
+def _why_not_trainable(cls):
+    import inspect
+    no_default = [n for n, d in model_parameters(cls) if d is inspect.Parameter.empty]
+    if no_default:
+        return f"{cls.__name__}'s argument(s) {', '.join(no_default)} have no default to derive a flag from"
+    return f"{cls.__name__} has no loss(x, rng) and params"
+
+
+def _trainable(cls):
+    import inspect
+    return (callable(getattr(cls, "loss", None))
+            and all(d is not inspect.Parameter.empty for _, d in model_parameters(cls)))

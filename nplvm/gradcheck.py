@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 
 from . import backend
+from .checks import optional, positive_float, positive_int
 
 __all__ = ["numerical_grad", "rel_error", "check_grad", "check_model", "assert_model_grads",
            "GradCheckReport", "report"]
@@ -58,6 +59,7 @@ def numerical_grad(f, x, eps=1e-6, indices=None):
 
     Returns an array of x's shape (indices=None) or a 1-D array, one entry per index.
     """
+    eps = positive_float("eps", eps)
     if not isinstance(x, np.ndarray) and not backend.is_cupy_array(x):
         raise TypeError(f"expected x to be an array, got {type(x).__name__}")
     if x.dtype.kind != "f":
@@ -103,10 +105,10 @@ def rel_error(a, b):
 
 def _subset(size, max_entries, rng):
     """All flat indices, or ``max_entries`` of them drawn without replacement (sorted)."""
+    if max_entries is not None:
+        max_entries = positive_int("max_entries", max_entries)
     if max_entries is None or max_entries >= size:
         return None
-    if max_entries < 1:
-        raise ValueError(f"max_entries must be at least 1, got {max_entries}")
     return np.sort(rng.choice(size, size=max_entries, replace=False))
 
 
@@ -184,6 +186,8 @@ def check_model(model, x, seed=0, eps=1e-6, max_entries_per_param=20, subset_see
     ``subset_seed`` and compared with central differences.  Returns a ``GradCheckReport``:
     ``{name: rel_error}``, printable as a table.  Use float64 parameters and data.
     """
+    eps = positive_float("eps", eps)
+    max_entries_per_param = optional(positive_int, "max_entries_per_param", max_entries_per_param)
     params = model.params
     if not isinstance(params, dict) or not params:
         raise TypeError("expected model.params to be a non-empty dict of name -> array")

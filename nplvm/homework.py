@@ -282,6 +282,9 @@ def main(argv=None):
             for name, a in ASSIGNMENTS.items():
                 print(f"{name:<{width}}  {a.description}")
         elif args.cmd == "make":
+            if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+                raise HomeworkError(f"{args.out_dir!r} is a file; expected a new (or empty) folder "
+                                    "for the student copy")
             regions = make(args.assignment, args.out_dir)
             print(f"wrote a student copy to {args.out_dir}; to write:")
             for r in regions:
@@ -290,6 +293,9 @@ def main(argv=None):
             print(f"grade it with: python -m nplvm.homework grade {args.assignment} {args.out_dir}"
                   f"   (runs {tests})")
         else:
+            if not Path(args.copy_dir).is_dir():
+                raise HomeworkError(f"no student copy at {args.copy_dir!r} (not a folder); make one with: "
+                                    f"python -m nplvm.homework make {args.assignment} DIR")
             proc = grade(args.assignment, args.copy_dir)
             sys.stdout.write(proc.stdout)
             sys.stderr.write(proc.stderr)
@@ -297,6 +303,13 @@ def main(argv=None):
     except HomeworkError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:                      # a path that cannot be read or written
+        where = f": {e.filename!r}" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     return 0
 
 

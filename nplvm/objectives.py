@@ -39,7 +39,7 @@ import numpy as np
 
 from .backend import rng as make_rng
 from .backend import to_numpy
-from .checks import DataError, check_array
+from .checks import DataError, check_array, finite, positive_int
 from .distributions import logsumexp, reparameterize_backward, softmax
 
 __all__ = [
@@ -100,7 +100,7 @@ def bounds_for_ks(log_w, ks):
     K = log_w.shape[0]
     out = {}
     for k in ks:
-        k = int(k)
+        k = positive_int("k", k)
         if not 1 <= k <= K:
             raise ValueError(f"expected every k between 1 and K = {K}, got k = {k}")
         groups = K // k
@@ -114,9 +114,8 @@ def bounds_for_ks(log_w, ks):
 # ----------------------------------------------------------------------------------------------
 
 def _batches(n, batch):
-    if int(batch) != batch or batch < 1:
-        raise ValueError(f"expected a positive integer batch size, got {batch!r}")
-    for start in range(0, n, int(batch)):
+    batch = positive_int("batch (examples per call)", batch)
+    for start in range(0, n, batch):
         yield slice(start, min(start + int(batch), n))
 
 
@@ -136,11 +135,8 @@ def importance_sampled_log_px(model, x, K=5000, batch=100, rng=0, max_rows=20000
     The samples are drawn chunk after chunk from one Generator, so for a model that draws its
     noise sample-major (shape (K, N, ...)) the result does not depend on the chunk size.
     """
-    if int(K) != K or K < 1:
-        raise ValueError(f"expected a positive integer number of samples K, got {K!r}")
-    if int(max_rows) != max_rows or max_rows < 1:
-        raise ValueError(f"expected a positive integer max_rows, got {max_rows!r}")
-    K = int(K)
+    K = positive_int("K (importance samples)", K)
+    max_rows = positive_int("max_rows", max_rows)
     g = make_rng(rng)
     n = x.shape[0]
     out = np.empty(n, dtype=np.float64)
@@ -172,6 +168,8 @@ def sample_log_weights(model, x, K, rng=0, max_rows=20000):
     """All K log weights per example, (K, N) float64, from ``log_weights`` calls of at most
     ``max_rows`` (sample, example) rows each; the same draws as one call with all K (sample-major
     noise).  Keep N small: the result itself is K x N."""
+    K = positive_int("K (importance samples)", K)
+    max_rows = positive_int("max_rows", max_rows)
     g = make_rng(rng)
     n = x.shape[0]
     chunk = max(1, int(max_rows) // max(n, 1))
@@ -263,6 +261,7 @@ def score_function_gradient(f, eps, logvar, baseline=0.0):
     eps: (S, ..., L); logvar: (..., L).  Returns (g_mu, g_logvar), each (S, ..., L).
     Needs only values of f: works for non-differentiable f, at the price of a high variance.
     """
+    baseline = finite("baseline", baseline)
     sigma = np.exp(0.5 * logvar)
     fb = (np.asarray(f) - baseline)[..., None]
     return fb * eps / sigma, fb * 0.5 * (eps * eps - 1.0)

@@ -20,6 +20,7 @@ import numpy as np
 import kernels
 
 from .backend import to_numpy, xp_of
+from .checks import optional, positive_float, unit_interval
 
 __all__ = ["Optimizer", "SGD", "Adam", "Adagrad", "clip_grad_norm", "global_grad_norm"]
 
@@ -40,8 +41,7 @@ def clip_grad_norm(grads, max_norm):
     in place by max_norm / ||g|| (the direction is kept).  Returns ||g|| before clipping.  A NaN or
     inf norm is returned as is and nothing is scaled: the caller decides (skip the step, stop).
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    max_norm = positive_float("max_norm", max_norm)
     total = global_grad_norm(grads)
     if math.isfinite(total) and total > max_norm:
         scale = max_norm / total
@@ -58,12 +58,8 @@ class Optimizer:
     slots: tuple[str, ...] = ()          # per-parameter state arrays, e.g. ("m", "v")
 
     def __init__(self, lr, max_grad_norm=None):
-        if not lr > 0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
-        self.lr = float(lr)
-        self.max_grad_norm = max_grad_norm
+        self.lr = positive_float("lr (learning rate)", lr)
+        self.max_grad_norm = optional(positive_float, "max_grad_norm", max_grad_norm)
         self.t = 0                                     # number of steps taken
         self.state: dict[str, dict[str, np.ndarray]] = {s: {} for s in self.slots}
         self.last_grad_norm = None
@@ -152,9 +148,7 @@ class SGD(Optimizer):
 
     def __init__(self, lr, momentum=0.0, max_grad_norm=None):
         super().__init__(lr, max_grad_norm)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.momentum = float(momentum)
+        self.momentum = unit_interval("momentum", momentum)
 
     def _update(self, name, p, g):
         if self.momentum == 0.0:
@@ -183,12 +177,9 @@ class Adam(Optimizer):
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, max_grad_norm=None):
         super().__init__(lr, max_grad_norm)
-        for nm, b in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"{nm} must be in [0, 1), got {b}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.beta1 = unit_interval("beta1", beta1)
+        self.beta2 = unit_interval("beta2", beta2)
+        self.eps = positive_float("eps", eps)
 
     def _update(self, name, p, g):
         m = self._slot("m", name, p)
@@ -209,9 +200,7 @@ class Adagrad(Optimizer):
 
     def __init__(self, lr, eps=1e-10, max_grad_norm=None):
         super().__init__(lr, max_grad_norm)
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
-        self.eps = float(eps)
+        self.eps = positive_float("eps", eps)
 
     def _update(self, name, p, g):
         xp = xp_of(p)

@@ -41,6 +41,7 @@ Files in ``out_dir``:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -243,6 +244,89 @@ def _load_params(live, saved, where):
 
 
 # ----------------------------------------------------------------------------------------------
+# Resuming: the same run, or a difference the caller allowed by name
+# ----------------------------------------------------------------------------------------------
+
+def data_fingerprint(x):
+    """The training data's identity: "sha256:<hex>" of its dtype, shape and bytes (C order).
+
+    Two arrays with the same fingerprint hold the same values in the same order; the VRNN's
+    (N, 28, 28) view of the same images has another fingerprint than the (N, 784) rows."""
+    a = np.ascontiguousarray(to_numpy(x))
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.reshape(-1).view(np.uint8).data if a.size else b"")
+    return "sha256:" + h.hexdigest()
+
+
+_MISSING = "<absent>"
+RUN_SETTINGS = ("optimizer", "data", "seed", "batch_size", "clip_norm")   # besides config and hyper
+
+
+def _optimizer_hyper(optimizer):
+    """{name: value} of the optimiser's scalar hyperparameters (``hyper``; "lr" at least)."""
+    names = getattr(type(optimizer), "hyper", ("lr",))
+    return {k: getattr(optimizer, k) for k in names if hasattr(optimizer, k)}
+
+
+def resume_differences(meta, state, optim_state, model, optimizer, x_train, seed, batch_size,
+                       clip_norm, fingerprint=None):
+    """{setting: (in the checkpoint, in this call)} for every setting of a resumed run that
+    differs from the checkpoint's: each key of the model config, the optimiser's class
+    ("optimizer") and hyperparameters ("lr", "momentum", ...), the training data ("data", by
+    ``data_fingerprint``), "seed", "batch_size" and "clip_norm".  Settings the checkpoint does
+    not record (older files) are not compared."""
+    diffs = {}
+    saved_cfg = meta.get("config") or {}
+    now_cfg = json.loads(json.dumps(model.config))
+    for k in sorted(set(saved_cfg) | set(now_cfg)):
+        if k != "seed" and saved_cfg.get(k, _MISSING) != now_cfg.get(k, _MISSING):
+            diffs[k] = (saved_cfg.get(k, _MISSING), now_cfg.get(k, _MISSING))
+    saved_cls, now_cls = meta.get("optimizer_class"), type(optimizer).__name__
+    if saved_cls is not None and saved_cls != now_cls:
+        diffs["optimizer"] = (saved_cls, now_cls)
+    if optim_state is not None:                       # hyperparameters both classes have, too
+        for k, v in _optimizer_hyper(optimizer).items():
+            if k in optim_state and float(np.asarray(optim_state[k])) != float(v):
+                diffs[k] = (float(np.asarray(optim_state[k])), float(v))
+    if "data_fingerprint" in state:
+        now = fingerprint or data_fingerprint(x_train)
+        if state["data_fingerprint"] != now:
+            diffs["data"] = (f"{state.get('n_train')} examples, {state['data_fingerprint'][:19]}...",
+                             f"{len(x_train)} examples, {now[:19]}...")
+    elif state.get("n_train") != len(x_train):
+        diffs["data"] = (f"{state.get('n_train')} examples", f"{len(x_train)} examples")
+    for key, now in (("seed", seed), ("batch_size", batch_size), ("clip_norm", clip_norm)):
+        if key in state and state[key] != now:
+            diffs[key] = (state[key], now)
+    return diffs
+
+
+def check_resume(path, model, optimizer, x_train, seed, batch_size, clip_norm=None, allow_change=(),
+                 fingerprint=None):
+    """Read the checkpoint at ``path`` and compare it with this run (``resume_differences``).
+
+    Returns (changes, meta, optimizer_state, state): ``changes`` maps each allowed difference to
+    {"from": ..., "to": ...}.  Raises CheckpointError listing every difference not named in
+    ``allow_change`` (the command line's ``--allow-change``).  Reads only; loads nothing."""
+    meta, _, optim_state, state = read_checkpoint(path)
+    if meta["kind"] != model.kind:
+        raise CheckpointError(f"{str(path)!r} holds a {meta['kind']!r} model, "
+                              f"but it is being loaded into a {model.kind!r}")
+    diffs = resume_differences(meta, state, optim_state, model, optimizer, x_train, seed,
+                               batch_size, clip_norm, fingerprint)
+    refused = {k: v for k, v in diffs.items() if k not in set(allow_change)}
+    if refused:
+        lines = [f"{k}: the checkpoint has {k}={a!r}, this run {k}={b!r}" for k, (a, b) in refused.items()]
+        raise CheckpointError(
+            f"cannot resume {str(path)!r}: this run differs from the checkpoint (epoch "
+            f"{state.get('epoch')}) in {len(refused)} setting(s):\n  " + "\n  ".join(lines) +
+            "\nresume with the checkpoint's settings, or name each deliberate change "
+            f"(--allow-change {','.join(refused)} on the command line, allow_change=[...] in "
+            "fit); the change is recorded in the run's history")
+    return ({k: {"from": a, "to": b} for k, (a, b) in diffs.items()}, meta, optim_state, state)
+
+
+# ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
 
@@ -336,7 +420,7 @@ def _write_metrics(path, history):
 
 def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed=0,
         out_dir=None, progress=True, clip_norm=None, eval_fn=None, resume=False, log=print,
-        eval_batch_size=None, discriminator_optimizer=None):
+        eval_batch_size=None, discriminator_optimizer=None, allow_change=()):
     """Train ``model`` with ``optimizer`` on x_train; returns the history (one dict per epoch).
 
     model       follows the contract: params, loss(x, rng) -> (loss, grads), kind, config
@@ -353,23 +437,35 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
     eval_fn     optional eval_fn(model, epoch) -> dict of extra metrics for the epoch record
                 (a "valid_nelbo" it returns replaces the built-in one)
     resume      continue from out_dir/checkpoint.npz (params, optimiser state, history);
-                bit-identical to an uninterrupted run with the same arguments
+                bit-identical to an uninterrupted run with the same arguments.  The model
+                config, the optimiser (class and hyperparameters), the training data
+                (``data_fingerprint``), seed, batch_size and clip_norm must equal the
+                checkpoint's: a CheckpointError lists every difference (``check_resume``)
+    allow_change  names of settings that may differ on resume (e.g. ["lr"]): the new value
+                is used (a new optimiser class starts with a fresh state) and the change is
+                recorded in the history: "changed" in the first resumed epoch's record, and
+                in the checkpoint's state["changes"]
     discriminator_optimizer   optional optimiser of ``model.discriminator`` (see the module
                 docstring; default: the model's optimiser class at ``discriminator.lr``)
     log         function taking one line per epoch (None: quiet)
 
-    Raises TrainingDiverged (naming epoch, batch and the loss or gradient) as soon as a
+    With epochs <= the epochs already done nothing is written.  Raises TrainingDiverged (naming epoch, batch and the loss or gradient) as soon as a
     loss or gradient is NaN/inf, before the bad step is taken, or when a parameter or the
     valid NELBO is NaN/inf at the end of an epoch; checkpoint.npz then still holds the last
     completed epoch, untouched.
     """
+    from .checks import nonneg_int, optional, positive_float, positive_int
     n = len(x_train)
     if n == 0:
         raise ValueError("x_train is empty")
-    if batch_size < 1 or epochs < 0:
-        raise ValueError(f"need batch_size >= 1 and epochs >= 0, got {batch_size}, {epochs}")
-    if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    batch_size = positive_int("batch_size", batch_size)
+    epochs = nonneg_int("epochs", epochs)
+    clip_norm = optional(positive_float, "clip_norm", clip_norm)
+    if not isinstance(seed, (list, tuple)):
+        seed = nonneg_int("seed", seed)
+    if eval_batch_size is not None:
+        eval_batch_size = positive_int("eval_batch_size", eval_batch_size)
+    allow_change = [allow_change] if isinstance(allow_change, str) else list(allow_change)
     dtype, xp = _model_dtype(model)
     disc = getattr(model, "discriminator", None)
     d_opt = discriminator_optimizer
@@ -380,27 +476,36 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
     history, start = [], 0
     saved = None                                       # epoch of the checkpoint this run wrote/read
 
+    fingerprint = data_fingerprint(x_train) if out is not None else None
+    changes, past_changes = {}, []
     if resume:
         if out is None:
             raise ValueError("resume=True needs out_dir (where checkpoint.npz lives)")
         if ckpt.is_file():
-            _, optim_state, state = load_checkpoint(ckpt, model)
-            for key, now in (("seed", seed), ("batch_size", batch_size), ("n_train", n)):
-                if state.get(key) != now:
-                    raise CheckpointError(
-                        f"cannot resume {str(ckpt)!r} bit for bit: it was trained with "
-                        f"{key}={state.get(key)}, this call has {key}={now}")
-            if optim_state is not None:
+            # compare first (read only), then load: a refused resume leaves the model untouched
+            changes, meta, optim_state, state = check_resume(
+                ckpt, model, optimizer, x_train, seed, batch_size, clip_norm, allow_change, fingerprint)
+            load_checkpoint(ckpt, model)
+            if optim_state is not None and "optimizer" not in changes:
+                hyper = _optimizer_hyper(optimizer)
                 optimizer.load_state_dict(optim_state)
+                for k in changes:                          # an allowed new lr, momentum, ...
+                    if k in hyper:
+                        setattr(optimizer, k, hyper[k])
             if disc is not None:
                 d_opt.load_state_dict(state["discriminator"]["optimizer"])
             history, start = list(state["history"]), int(state["epoch"])
+            past_changes = list(state.get("changes", []))
+            if changes:
+                past_changes.append({"epoch": start, "changed": changes})
             saved = start
             if log:
                 log(f"resumed from {ckpt} at epoch {start}")
+                for k, c in changes.items():
+                    log(f"  changed on purpose: {k} {c['from']!r} -> {c['to']!r}")
         elif log:
             log(f"no checkpoint at {ckpt}: starting from scratch")
-    if out is not None:
+    if out is not None and start < epochs:
         out.mkdir(parents=True, exist_ok=True)
         _write_metrics(out / METRICS, history)         # drop lines past the checkpoint, if any
 
@@ -451,6 +556,8 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
                                        epoch + 1, n_batches - 1, name)
 
         record = {"epoch": epoch + 1, "train_loss": total / n, "valid_loss": None, "valid_nelbo": None}
+        if changes and epoch == start:
+            record["changed"] = changes
         if disc is not None:
             record["disc_loss"] = d_total / n
         if x_valid is not None:
@@ -471,7 +578,8 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
         if out is not None:
             _write_metrics(out / METRICS, history)
             state = {"epoch": epoch + 1, "seed": seed, "batch_size": batch_size, "n_train": n,
-                     "history": history}
+                     "clip_norm": clip_norm, "data_fingerprint": fingerprint, "history": history,
+                     "changes": past_changes}
             if disc is not None:
                 state["discriminator"] = {"params": dict(disc.params), "optimizer": d_opt.state_dict()}
             save_checkpoint(ckpt, model, optimizer, state=state)

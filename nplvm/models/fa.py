@@ -53,7 +53,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, eigh, solve
 
-from ..checks import DataError, as_float64_matrix, check_array, check_finite
+from ..checks import (DataError, as_float64_matrix, check_array, check_finite, nonneg_float, one_of,
+                      optional, positive_float, positive_int, seed_value)
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -231,26 +232,14 @@ class FactorAnalysis:
 
     def __init__(self, n_components, noise_floor=1e-6, tol=1e-4, max_iter=1000, init="random",
                  suff_stats="auto", seed=0, n_features=None):
-        if not isinstance(n_components, (int, np.integer)) or n_components < 1:
-            raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
-        if not noise_floor > 0:
-            raise ValueError(f"noise_floor must be > 0 (a variance floor), got {noise_floor!r}")
-        if not tol >= 0:
-            raise ValueError(f"tol must be >= 0, got {tol!r}")
-        if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-        if init not in ("random", "ppca"):
-            raise ValueError(f"init must be 'random' or 'ppca', got {init!r}")
-        if suff_stats not in ("auto", "covariance", "data"):
-            raise ValueError(f"suff_stats must be 'auto', 'covariance' or 'data', got {suff_stats!r}")
-        self.n_components = int(n_components)
-        self.noise_floor = float(noise_floor)
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
-        self.init = init
-        self.suff_stats = suff_stats
-        self.seed = seed
-        self.n_features = None if n_features is None else int(n_features)
+        self.n_components = positive_int("n_components", n_components)
+        self.noise_floor = positive_float("noise_floor (a variance floor)", noise_floor)
+        self.tol = nonneg_float("tol", tol)
+        self.max_iter = positive_int("max_iter", max_iter)
+        self.init = one_of("init", init, ("random", "ppca"))
+        self.suff_stats = one_of("suff_stats", suff_stats, ("auto", "covariance", "data"))
+        self.seed = seed_value("seed", seed)
+        self.n_features = optional(positive_int, "n_features", n_features)
         self.params = {}
         self.loglik_ = []
         self.n_iter_ = 0
@@ -430,7 +419,8 @@ class FactorAnalysis:
     def sample(self, n_samples, seed=0, return_latent=False):
         """Draw x = W z + mu + sqrt(psi) * eps.  Returns x (n, D) (and z (n, L) if asked)."""
         self._require_params()
-        rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
+        n_samples = positive_int("n_samples", n_samples)
+        rng = np.random.default_rng(seed_value("seed", seed)) if not isinstance(seed, np.random.Generator) else seed
         W = self.params["W"]
         z = rng.standard_normal((int(n_samples), W.shape[1]))
         x = z @ W.T + self.params["mu"] + np.sqrt(self.psi) * rng.standard_normal((int(n_samples), W.shape[0]))

@@ -31,7 +31,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from ..checks import DataError, as_float64_matrix, check_array, check_finite
+from ..checks import (DataError, as_float64_matrix, check_array, check_finite, nonneg_float, one_of,
+                      positive_int, seed_value)
 from ..distributions import logsumexp
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -65,22 +66,12 @@ class GaussianMixture:
 
     def __init__(self, n_components, covariance_type="full", tol=1e-6, max_iter=200,
                  reg_covar=1e-6, seed=0):
-        if not isinstance(n_components, (int, np.integer)) or n_components < 1:
-            raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
-        if covariance_type not in ("full", "diag"):
-            raise ValueError(f"covariance_type must be 'full' or 'diag', got {covariance_type!r}")
-        if not reg_covar >= 0:
-            raise ValueError(f"reg_covar must be >= 0, got {reg_covar!r}")
-        if not tol >= 0:
-            raise ValueError(f"tol must be >= 0, got {tol!r}")
-        if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-        self.n_components = int(n_components)
-        self.covariance_type = covariance_type
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
-        self.reg_covar = float(reg_covar)
-        self.seed = seed
+        self.n_components = positive_int("n_components", n_components)
+        self.covariance_type = one_of("covariance_type", covariance_type, ("full", "diag"))
+        self.tol = nonneg_float("tol", tol)
+        self.max_iter = positive_int("max_iter", max_iter)
+        self.reg_covar = nonneg_float("reg_covar", reg_covar)
+        self.seed = seed_value("seed", seed)
         self.loglik_ = []
         self.n_iter_ = 0
         self.converged_ = False
@@ -182,7 +173,8 @@ class GaussianMixture:
     def sample(self, n_samples, seed=0):
         """Draw (x (n, D), y (n,)) from the fitted mixture."""
         self._require_fit()
-        rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
+        n_samples = positive_int("n_samples", n_samples)
+        rng = np.random.default_rng(seed_value("seed", seed)) if not isinstance(seed, np.random.Generator) else seed
         y = rng.choice(self.n_components, size=int(n_samples), p=self.weights_ / self.weights_.sum())
         D = self.means_.shape[1]
         eps = rng.standard_normal((int(n_samples), D))

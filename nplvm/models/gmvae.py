@@ -65,7 +65,8 @@ from scipy.optimize import linear_sum_assignment
 import kernels
 
 from ..backend import check_dtype, rng as make_rng
-from ..checks import DataError, check_array, check_binary, check_finite
+from ..checks import (DataError, check_array, check_binary, check_finite, nonneg_float, nonneg_int, one_of,
+                      positive_int)
 from ..distributions import gaussian_log_prob, log_softmax, logsumexp, reparameterize_backward, softmax_backward
 from ..nn import MLP, Module, Parameter
 from . import register
@@ -127,17 +128,16 @@ class GMVAE(Module):
     def __init__(self, x_dim=784, n_components=10, latent=10, hidden=(256, 256), activation="relu",
                  prior_spread=2.0, beta=1.0, seed=0, dtype="float32"):
         for name, v in (("x_dim", x_dim), ("n_components", n_components), ("latent", latent)):
-            if int(v) != v or v < 1:
-                raise ValueError(f"expected {name} to be a positive integer, got {v!r}")
+            positive_int(name, v)
+        one_of("activation", activation, kernels.reference.ACTIVATIONS)
+        nonneg_int("seed", seed)
         if int(n_components) < 2:
             raise ValueError(f"expected n_components >= 2 (a mixture), got {n_components}")
         hidden = parse_hidden(hidden if not isinstance(hidden, int) else [hidden])
         if not hidden:
             raise ValueError(f"expected at least one hidden layer (the trunk h(x)), got {hidden}")
-        if not np.isfinite(beta) or beta < 0:
-            raise ValueError(f"expected a finite beta >= 0, got {beta!r}")
-        if not np.isfinite(prior_spread) or prior_spread < 0:
-            raise ValueError(f"expected prior_spread >= 0, got {prior_spread!r}")
+        nonneg_float("beta", beta)
+        nonneg_float("prior_spread", prior_spread)
         dt = check_dtype(dtype)
         self.x_dim, self.n_components, self.latent = int(x_dim), int(n_components), int(latent)
         self.hidden, self.activation = hidden, activation

@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import DataError, check_array, check_finite
+from ..backend import check_dtype
+from ..checks import (DataError, check_array, check_finite, nonneg_int, positive_float, positive_int,
+                      seed_value)
 from ..optim import Adam
 from . import register
 from .fa import LOG_2PI, fa_posterior
@@ -66,12 +68,10 @@ class LinearGaussianQ:
             raise DataError(f"expected mu and psi of shape ({D},), got {mu.shape} and {psi.shape}")
         if not np.all(psi > 0):
             raise DataError("every noise variance psi must be > 0")
-        if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         self.W, self.mu, self.psi = W, mu, psi
-        self.n_samples = int(n_samples)
-        self.seed = seed
-        self.dtype = np.dtype(dtype)
+        self.n_samples = positive_int("n_samples", n_samples)
+        self.seed = seed_value("seed", seed)
+        self.dtype = check_dtype(dtype)
         rng = np.random.default_rng(seed)
         self.params = {"A": (0.01 * rng.standard_normal((L, D))).astype(self.dtype),
                        "b": np.zeros(L, dtype=self.dtype),
@@ -134,8 +134,12 @@ class LinearGaussianQ:
 
         X: (N, D).  Returns the list of minibatch losses.
         """
+        n_steps = positive_int("n_steps", n_steps)
+        batch_size = positive_int("batch_size", batch_size)
+        lr, lr_final = positive_float("lr", lr), positive_float("lr_final", lr_final)
+        log_every = nonneg_int("log_every", log_every)
         X = self._check_x(X).astype(self.dtype, copy=False)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed_value("seed", seed))
         opt = Adam(lr=lr)
         n_const = n_steps // 2
         decay = (lr_final / lr) ** (1.0 / max(n_steps - n_const - 1, 1))

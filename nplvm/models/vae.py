@@ -87,7 +87,8 @@ import kernels
 
 from ..backend import check_dtype
 from ..backend import rng as make_rng
-from ..checks import DataError, check_array, check_binary, check_finite
+from ..checks import (DataError, check_array, check_binary, check_finite, int_tuple, nonneg_float,
+                      nonneg_int, one_of, positive_int)
 from ..distributions import (DiagGaussian, gaussian_log_prob, logsumexp, reparameterize_backward, softmax,
                              std_normal_log_prob)
 from ..nn import MLP
@@ -101,7 +102,7 @@ KL_MODES = ("analytic", "mc")
 def parse_hidden(text):
     """'512,512' -> [512, 512]; '' or 'none' -> [] (no hidden layer)."""
     if isinstance(text, (list, tuple)):
-        return [int(h) for h in text]
+        return list(int_tuple("hidden", text))
     text = str(text).strip().lower()
     if text in ("", "none"):
         return []
@@ -142,8 +143,10 @@ class VAE:
                  beta=1.0, dtype="float32", seed=0):
         hidden = parse_hidden(hidden)
         for name, v in (("x_dim", x_dim), ("latent", latent), ("k", k)):
-            if int(v) != v or v < 1:
-                raise ValueError(f"expected a positive integer {name}, got {v!r}")
+            positive_int(name, v)
+        one_of("activation", activation, kernels.reference.ACTIVATIONS)
+        nonneg_float("beta", beta)
+        nonneg_int("seed", seed)
         if kl is not None and kl not in KL_MODES:
             raise ValueError(f"expected kl to be one of {KL_MODES} (or None), got {kl!r}")
         iwae = self.always_iwae or k > 1
@@ -152,8 +155,6 @@ class VAE:
                              f"(k = {k}) has no separate KL term; leave kl=None")
         if iwae and float(beta) != 1.0:
             raise ValueError(f"beta = {beta} weights the KL of the ELBO; the k-sample bound needs beta = 1")
-        if not np.isfinite(beta) or beta < 0:
-            raise ValueError(f"expected a finite beta >= 0, got {beta!r}")
         self.dtype = check_dtype(dtype)
         self.x_dim, self.latent, self.k = int(x_dim), int(latent), int(k)
         self.hidden, self.activation = hidden, activation

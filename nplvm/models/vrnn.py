@@ -59,18 +59,13 @@ import numpy as np
 import kernels
 
 from ..backend import check_dtype, rng as make_rng
-from ..checks import DataError, check_array, check_binary, check_finite
+from ..checks import (DataError, check_array, check_binary, check_finite, int_tuple, nonneg_int, one_of,
+                      positive_int)
 from ..distributions import gaussian_log_prob, reparameterize_backward
 from ..nn import GRUCell, MLP, Module
 from . import register
 
 __all__ = ["VRNN"]
-
-
-def _positive_int(name, v):
-    if isinstance(v, bool) or int(v) != v or v < 1:
-        raise ValueError(f"expected {name} to be a positive integer, got {v!r}")
-    return int(v)
 
 
 @register("vrnn")
@@ -93,17 +88,15 @@ class VRNN(Module):
 
     def __init__(self, x_dim=784, row_size=28, latent=16, rnn_hidden=128, features=64,
                  hidden=(128,), activation="relu", dtype="float32", seed=0):
-        x_dim, D = _positive_int("x_dim", x_dim), _positive_int("row_size", row_size)
+        x_dim, D = positive_int("x_dim", x_dim), positive_int("row_size", row_size)
         if x_dim % D:
             raise ValueError(f"expected row_size to divide x_dim (an image of x_dim pixels is read as "
                              f"x_dim / row_size rows), got x_dim={x_dim} and row_size={D}")
-        L, H = _positive_int("latent", latent), _positive_int("rnn_hidden", rnn_hidden)
-        F = _positive_int("features", features)
-        if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
-            hidden = (hidden,)
-        if not isinstance(hidden, (list, tuple)):
-            raise ValueError(f"expected hidden to be a tuple of layer widths like (128,), got {hidden!r}")
-        hidden = tuple(_positive_int("hidden", h) for h in hidden)
+        L, H = positive_int("latent", latent), positive_int("rnn_hidden", rnn_hidden)
+        F = positive_int("features", features)
+        hidden = int_tuple("hidden", hidden)
+        one_of("activation", activation, kernels.reference.ACTIVATIONS)
+        nonneg_int("seed", seed)
         dt = check_dtype(dtype)
         self.T, self.D, self.L, self.H, self.F = x_dim // D, D, L, H, F
         self.hidden = hidden
