@@ -63,6 +63,9 @@ PARAMETERS = {
     "n_hidden": "size of the recurrent state h_t",
     "n_features": "size of the feature extractors phi_x, phi_z",
     "n_mlp": "width of the prior, encoder and decoder MLPs",
+    "gamma": "weight of the total correlation TC(z) (FactorVAE; 0 = the VAE)",
+    "disc_hidden": "hidden layer widths of the discriminator's MLP, comma-separated",
+    "disc_lr": "learning rate of the discriminator (the second player)",
 }
 NOT_FLAGS = ("self", "x_dim", "seed")        # x_dim: from the data; seed: the common --seed
 
