@@ -29,6 +29,7 @@ Kim & Mnih's disentanglement metric (2018)
 2. A vote: choose a factor k, draw L images that share one value of k (the others random),
    encode them, and take d = argmin_j Var_batch(z_j / s_j): the dimension that moved least.
 3. Train a majority-vote classifier d -> k on the votes; the metric is its accuracy on fresh votes.
+   (When every dimension is collapsed, none is pruned: the votes are then close to chance.)
 A perfectly disentangled code scores 1; the chance level is 1 / (number of factors).
 """
 from __future__ import annotations
@@ -80,8 +81,8 @@ def kim_mnih_votes(encode, ds, n_votes, rng, batch=64, n_scale=10000, prune=0.05
     Returns (d (n_votes,), k (n_votes,), (std, active))."""
     g = make_rng(rng)
     std, active = scale if scale is not None else _latent_scale(encode, ds, g, n_scale, prune)
-    if not active.any():
-        raise DataError("every latent dimension is collapsed (variance below prune): no vote possible")
+    if not active.any():                                         # nothing to prune against: keep all
+        active = np.ones_like(active)
     n_factors = len(ds.factor_sizes)
     d, k = np.empty(n_votes, dtype=np.int64), g.integers(0, n_factors, size=n_votes)
     for v in range(n_votes):
@@ -104,3 +105,30 @@ def kim_mnih_metric(encode, ds, rng, n_train=800, n_test=800, batch=64, n_scale=
     predict = table.argmax(axis=1)                               # majority vote per dimension
     accuracy = float(np.mean(predict[d_te] == k_te))
     return accuracy, {"votes": table, "active": scale[1], "std": scale[0]}
+
+
+def estimate_tc(z_train, z_test, rng, hidden=(128, 128), steps=1500, batch=256, lr=1e-3):
+    """TC(z) by the density-ratio trick with a fresh discriminator, for codes of any model.
+
+    z_train, z_test: (N, L) samples z_n ~ q(z|x_n) (the test ones held out).  A Discriminator
+    (nplvm.models.discriminator) is trained with Adam for ``steps`` minibatches: each minibatch's
+    first half is the class q(z), its second half permuted dimension-wise the class prod_j q(z_j).
+    Returns (TC estimate (1/M) sum_m T(z_test_m), its standard error over the test codes).
+    The same procedure for every model (a beta-VAE has no discriminator of its own), so the
+    estimates compare; a short training under-estimates large TCs.
+    """
+    from .models.discriminator import Discriminator
+    from .optim import Adam
+    check_array(z_train, "z_train", ndim=2, dtype_kind="f")
+    check_array(z_test, "z_test", ndim=2, shape=(None, z_train.shape[1]), dtype_kind="f")
+    g = make_rng(rng)
+    d = Discriminator(None, z_train.shape[1], hidden=hidden, activation="relu", dtype=np.float32,
+                      seed=int(g.integers(2 ** 31)))            # no gradient to z needed: ReLU, float32
+    opt = Adam(lr)
+    z_train = np.asarray(z_train, np.float32)
+    for _ in range(int(steps)):
+        b = z_train[g.integers(0, len(z_train), size=2 * batch)]
+        _, grads = d.loss_on(b[:batch], permute_dims(b[batch:], g))
+        opt.step(d.params, grads)
+    t = d.log_ratio(np.asarray(z_test, np.float32)).astype(np.float64)
+    return float(t.mean()), float(t.std(ddof=1) / np.sqrt(len(t)))
