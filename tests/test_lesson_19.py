@@ -2,8 +2,8 @@
 from pathlib import Path
 
 
-def test_lesson_19_quick(tmp_path, load_lesson):
-    result = load_lesson("19_factorvae").main(["--quick", "--out", str(tmp_path), "--seed", "0"])
+def test_lesson_19_quick(tmp_path, run_lesson):
+    result = run_lesson("19_factorvae", ["--quick", "--out", str(tmp_path), "--seed", "0"])
     checks = result["checks"]
     failed = [k for k, r in checks.items() if not r["ok"]]
     assert not failed, f"lesson checks failed: {failed}"
