@@ -1,7 +1,8 @@
 """The CPU backend: Numba kernels that make one pass over memory where NumPy would make several.
 
 Every public function here has the signature and the meaning of its twin in ``reference.py``
-(read that first: it is the definition).  What changes is *how* the work is done:
+(read that first: it is the definition).  The KL divergences have no kernel here: measured at
+about 0.2% of a VAE step, the ~215 lines of Numba they took did not pay; the reference serves.  What changes is *how* the work is done:
 
 * **Fused single pass.**  ``reference.bernoulli_nll`` walks the logits about ten times
   (abs, exp, log1p, maximum, a product, a sum, a where, ...), each pass allocating an (N, D)
@@ -12,7 +13,7 @@ Every public function here has the signature and the meaning of its twin in ``re
   made only of +, *, / and a bit-cast, which LLVM turns into AVX-512 code.  Their accuracy is
   measured in tests/test_kernels.py over dense sweeps (exp32 within 1 ulp, log1p01_32 within
   3 ulp of the correctly rounded float32 result).  float64, the dtype of gradient checks, takes
-  exp and log1p from NumPy's own SIMD ufuncs on whole arrays (the Bernoulli and KL wrappers),
+  exp and log1p from NumPy's own SIMD ufuncs on whole arrays (the Bernoulli wrapper),
   then one fused Numba pass: a libm call per element made the float64 kernels slower than the
   reference (Bernoulli (128, 784): 1430 us against ~1000 us).  It matches the reference
   to ~1e-15 relative.
@@ -24,8 +25,8 @@ Every public function here has the signature and the meaning of its twin in ``re
   with the Bernoulli and Adam kernels on 2 Numba threads, 50 ms with them on the calling thread.
   ``set_num_threads(n)`` (or the environment variable ``NPLVM_KERNEL_THREADS=n``) lets those two
   kernels share large arrays between n Numba threads (worth trying when BLAS is held to one
-  thread, or cores are many); at 1, the default, Numba never starts its pool for them.  The KL
-  kernels and the linear layer's elementwise tails are always serial (small, and right after a
+  thread, or cores are many); at 1, the default, Numba never starts its pool for them.  The
+  linear layer's elementwise tails are always serial (small, and right after a
   BLAS call); ``matmul_tiled``, the teaching kernel, always uses Numba's threads.
 * **BLAS for products.**  ``matmul`` and the products inside ``linear_*`` call ``np.dot``
   (OpenBLAS): it measures ~5x faster than the hand-tiled ``matmul_tiled`` below (see
@@ -45,6 +46,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import reference
 from .reference import ACTIVATIONS
 
 # fastmath flags that let LLVM vectorize reductions ('reassoc') and fuse a*b+c ('contract'),
@@ -313,223 +315,6 @@ def bernoulli_nll(x, logits, weight=None):
 
 
 # ------------------------------------------------------------------------------------------
-# KL divergences between diagonal Gaussians (small: (N, 32..50), so serial)
-# ------------------------------------------------------------------------------------------
-# Written as one loop over rows i and, inside, over the D latent dimensions j (exp, KL term,
-# gradients and the row sum together), the loop over j did vectorize, but at D = 50 (or 32,
-# 20, ...) the vector body covers only part of a row and the rest of every row runs in LLVM's
-# scalar remainder loop: ~18 of every 50 elements, exp32 included.  gaussian_kl_std float32 at
-# (6400, 50) took 391 us, 0.14 of the bandwidth floor; gaussian_kl 556 us, 0.21.
-#
-# So the work is done on blocks of rows (_KL_BLOCK elements: in L1/L2), each block as *flat*
-# runs of nb * D elements, which have one remainder per block instead of one per row:
-#   1. the exponentials, flat, into the gradient buffers (overwritten in step 2 anyway);
-#      float32 by exp32 here; float64 by NumPy's SIMD np.exp in the wrapper, on the whole
-#      array (libm exp in a Numba loop is one scalar call per element, 3x slower);
-#   2. flat: each element's KL term into a scratch row, and the weighted gradients; the row
-#      weight w_i comes from a scratch copy spread over the row (wk[i D + j] = w_i);
-#   3. row by row: kl_i = 1/2 sum_j term_ij, summed in float64 (only adds are left scalar).
-# Each step is a separately compiled kernel called on slices: written as loops over
-# k in range(a, b) inlined into the block loop, step 1 did not vectorize (560 us).
-_KL_BLOCK = 4096          # elements; 1024 to 16384 measured within 10% at (6400, 50)
-
-
-@njit(**_JIT)
-def _spread_row_weights(w, wk):
-    """wk[i, j] = w[i]: the row weight beside every element.  w (nb,), wk (nb, D)."""
-    nb, D = wk.shape
-    for i in range(nb):
-        wi = w[i]
-        for j in range(D):
-            wk[i, j] = wi
-
-
-@njit(**_JIT)
-def _half_row_sums(term, kl):
-    """kl[i] = 1/2 sum_j term[i, j], summed in float64.  term (nb, D), kl (nb,)."""
-    nb, D = term.shape
-    for i in range(nb):
-        acc = 0.0
-        for j in range(D):
-            acc += term[i, j]
-        kl[i] = 0.5 * acc
-
-
-@njit(inline="always", **_JIT)
-def _gaussian_kl_std_terms(mu, s, wk, term, dmu, ds, fast):
-    """Flat (1-D) steps 1 and 2 of KL(N(mu, e^s) || N(0, 1)).  fast (a constant): var = exp32(s)
-    here; else ds holds var = e^s on entry.
-
-    term = e^s + mu^2 - 1 - s;  dmu = w mu;  ds = w (e^s - 1) / 2.
-    """
-    half = mu.dtype.type(0.5)
-    one = mu.dtype.type(1.0)
-    for k in range(mu.shape[0]):
-        m = mu[k]
-        sk = s[k]
-        var = exp32(sk) if fast else ds[k]                              # e^s
-        term[k] = var + m * m - one - sk
-        dmu[k] = wk[k] * m                                              # d/dmu = mu
-        ds[k] = wk[k] * half * (var - one)                              # d/ds = (e^s - 1) / 2
-
-
-@njit(**_JIT)
-def _gaussian_kl_std_terms_f32(mu, s, wk, term, dmu, ds):
-    _gaussian_kl_std_terms(mu, s, wk, term, dmu, ds, True)
-
-
-@njit(**_JIT)
-def _gaussian_kl_std_terms_given_var(mu, s, wk, term, dmu, ds):
-    _gaussian_kl_std_terms(mu, s, wk, term, dmu, ds, False)
-
-
-@njit(inline="always", **_JIT)
-def _gaussian_kl_std_blocks(mu, s, w, kl, dmu, ds, fast):
-    """KL(N(mu, e^s) || N(0, 1)) = 1/2 sum_j (e^s + mu^2 - 1 - s) by blocks of rows (C-ordered
-    (N, D) arrays).  fast (a constant): take e^s by exp32 here; else ds already holds e^s."""
-    N, D = mu.shape
-    rows = max(1, _KL_BLOCK // max(D, 1))
-    wk2 = np.empty((rows, D), mu.dtype)                                # scratch, in L1/L2
-    term2 = np.empty((rows, D), mu.dtype)
-    wk, term = wk2.reshape(-1), term2.reshape(-1)
-    mu1, s1, dmu1, ds1 = mu.reshape(-1), s.reshape(-1), dmu.reshape(-1), ds.reshape(-1)
-    for r0 in range(0, N, rows):
-        r1 = min(r0 + rows, N)
-        a, b = r0 * D, r1 * D
-        _spread_row_weights(w[r0:r1], wk2[:r1 - r0])
-        if fast:                                                        # 1. and 2.
-            _gaussian_kl_std_terms_f32(mu1[a:b], s1[a:b], wk[:b - a], term[:b - a], dmu1[a:b], ds1[a:b])
-        else:
-            _gaussian_kl_std_terms_given_var(mu1[a:b], s1[a:b], wk[:b - a], term[:b - a], dmu1[a:b], ds1[a:b])
-        _half_row_sums(term2[:r1 - r0], kl[r0:r1])                     # 3.
-
-
-@njit(**_JIT)
-def _gaussian_kl_std_f32(mu, s, w, kl, dmu, ds):
-    """float32: exp32 in step 1."""
-    _gaussian_kl_std_blocks(mu, s, w, kl, dmu, ds, True)
-
-
-@njit(**_JIT)
-def _gaussian_kl_std_given_var(mu, s, w, kl, dmu, ds):
-    """Any float dtype (float64), with ds = e^s computed by the caller."""
-    _gaussian_kl_std_blocks(mu, s, w, kl, dmu, ds, False)
-
-
-def gaussian_kl_std(mu, logvar, weight=None):
-    """KL(N(mu, diag e^logvar) || N(0, I)) per row and its gradients; see reference.gaussian_kl_std.
-
-    mu, logvar: (N, D).  Returns kl (N,), dkl/dmu (N, D), dkl/dlogvar (N, D).
-    """
-    dt = _float_dtype(mu, "mu")
-    mu = np.ascontiguousarray(mu)                   # the kernels walk flat runs of rows
-    logvar = np.ascontiguousarray(logvar, dtype=dt)
-    N, D = mu.shape
-    kl = np.empty(N, dt)
-    dmu = np.empty((N, D), dt)
-    ds = np.empty((N, D), dt)
-    w = _row_weights(weight, N, dt)
-    if dt == np.float32:
-        _gaussian_kl_std_f32(mu, logvar, w, kl, dmu, ds)
-    else:
-        np.exp(logvar, out=ds)                                          # var = e^s (SIMD)
-        _gaussian_kl_std_given_var(mu, logvar, w, kl, dmu, ds)
-    return kl, dmu, ds
-
-
-@njit(inline="always", **_JIT)
-def _gaussian_kl_terms(m, s, n, t, wk, term, dm, ds, dn, dt_, fast):
-    """Flat (1-D) steps 1 and 2 of KL(N(m, e^s) || N(n, e^t)).  fast (a constant): e^-t and
-    e^(s-t) by exp32 here; else dm = e^-t and ds = e^(s-t) on entry.
-
-    term = t - s + e^(s-t) + (m - n)^2 e^-t - 1, and the four weighted gradients.
-    """
-    half = m.dtype.type(0.5)
-    one = m.dtype.type(1.0)
-    for k in range(m.shape[0]):
-        sk = s[k]
-        tk = t[k]
-        inv_var_p = exp32(-tk) if fast else dm[k]                         # e^-t
-        ratio = exp32(sk - tk) if fast else ds[k]                         # e^(s-t) = var_q / var_p
-        diff = m[k] - n[k]
-        d2 = diff * diff * inv_var_p                                      # (m - n)^2 e^-t
-        term[k] = tk - sk + ratio + d2 - one
-        wi = wk[k]
-        g = wi * diff * inv_var_p
-        dm[k] = g                                                         # (m - n) e^-t
-        dn[k] = -g
-        ds[k] = wi * half * (ratio - one)                                 # (e^(s-t) - 1) / 2
-        dt_[k] = wi * half * (one - ratio - d2)                           # (1 - e^(s-t) - d2) / 2
-
-
-@njit(**_JIT)
-def _gaussian_kl_terms_f32(m, s, n, t, wk, term, dm, ds, dn, dt_):
-    _gaussian_kl_terms(m, s, n, t, wk, term, dm, ds, dn, dt_, True)
-
-
-@njit(**_JIT)
-def _gaussian_kl_terms_given_exps(m, s, n, t, wk, term, dm, ds, dn, dt_):
-    _gaussian_kl_terms(m, s, n, t, wk, term, dm, ds, dn, dt_, False)
-
-
-@njit(inline="always", **_JIT)
-def _gaussian_kl_blocks(m, s, n, t, w, kl, dm, ds, dn, dt_, fast):
-    """KL(N(m, e^s) || N(n, e^t)) = 1/2 sum_j (t - s + (e^s + (m - n)^2) e^-t - 1) by blocks of
-    rows.  fast (a constant): take e^-t and e^(s-t) by exp32 here; else dm, ds already hold them."""
-    N, D = m.shape
-    rows = max(1, _KL_BLOCK // max(D, 1))
-    wk2 = np.empty((rows, D), m.dtype)                                 # scratch, in L1/L2
-    term2 = np.empty((rows, D), m.dtype)
-    wk, term = wk2.reshape(-1), term2.reshape(-1)
-    m1, s1, n1, t1 = m.reshape(-1), s.reshape(-1), n.reshape(-1), t.reshape(-1)
-    dm1, ds1, dn1, dt1 = dm.reshape(-1), ds.reshape(-1), dn.reshape(-1), dt_.reshape(-1)
-    for r0 in range(0, N, rows):
-        r1 = min(r0 + rows, N)
-        a, b = r0 * D, r1 * D
-        _spread_row_weights(w[r0:r1], wk2[:r1 - r0])
-        if fast:                                                        # 1. and 2.
-            _gaussian_kl_terms_f32(m1[a:b], s1[a:b], n1[a:b], t1[a:b], wk[:b - a], term[:b - a],
-                                   dm1[a:b], ds1[a:b], dn1[a:b], dt1[a:b])
-        else:
-            _gaussian_kl_terms_given_exps(m1[a:b], s1[a:b], n1[a:b], t1[a:b], wk[:b - a], term[:b - a],
-                                          dm1[a:b], ds1[a:b], dn1[a:b], dt1[a:b])
-        _half_row_sums(term2[:r1 - r0], kl[r0:r1])                     # 3.
-
-
-@njit(**_JIT)
-def _gaussian_kl_f32(m, s, n, t, w, kl, dm, ds, dn, dt_):
-    """float32: exp32 in step 1."""
-    _gaussian_kl_blocks(m, s, n, t, w, kl, dm, ds, dn, dt_, True)
-
-
-@njit(**_JIT)
-def _gaussian_kl_given_exps(m, s, n, t, w, kl, dm, ds, dn, dt_):
-    """Any float dtype (float64), with dm = e^-t and ds = e^(s-t) computed by the caller."""
-    _gaussian_kl_blocks(m, s, n, t, w, kl, dm, ds, dn, dt_, False)
-
-
-def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, weight=None):
-    """KL between two diagonal Gaussians per row and its four gradients; see reference.gaussian_kl.
-
-    All inputs (N, D).  Returns kl (N,), d/dmu_q, d/dlogvar_q, d/dmu_p, d/dlogvar_p (each (N, D)).
-    """
-    dt = _float_dtype(mu_q, "mu_q")
-    mu_q = np.ascontiguousarray(mu_q)               # the kernels walk flat runs of rows
-    logvar_q, mu_p, logvar_p = (np.ascontiguousarray(a, dtype=dt) for a in (logvar_q, mu_p, logvar_p))
-    N, D = mu_q.shape
-    kl = np.empty(N, dt)
-    dm, ds, dn, dt_ = (np.empty((N, D), dt) for _ in range(4))
-    w = _row_weights(weight, N, dt)
-    if dt == np.float32:
-        _gaussian_kl_f32(mu_q, logvar_q, mu_p, logvar_p, w, kl, dm, ds, dn, dt_)
-    else:                                           # NumPy's SIMD exp (see above)
-        np.exp(np.negative(logvar_p, out=dm), out=dm)                   # e^-t
-        np.exp(np.subtract(logvar_q, logvar_p, out=ds), out=ds)         # e^(s-t)
-        _gaussian_kl_given_exps(mu_q, logvar_q, mu_p, logvar_p, w, kl, dm, ds, dn, dt_)
-    return kl, dm, ds, dn, dt_
-
-
-# ------------------------------------------------------------------------------------------
 # Matrix product: BLAS, and the hand-tiled kernel a student reads to see how it is made fast
 # ------------------------------------------------------------------------------------------
 def matmul(a, b):
@@ -762,6 +547,7 @@ def linear_backward(dy, x, W, y, act="identity", need_dx=True):
 
     dy, y: (N, O); x: (N, I); W: (I, O).  Returns dx (N, I) or None, dW (I, O), db (O,).
     """
+    # TWIN layer-backward: return reference.linear_backward(dy, x, W, y, act, need_dx)
     code = _act_code(act)
     dt = _float_dtype(dy, "dy")
     x, W = _as(x, dt), _as(W, dt)
@@ -777,6 +563,7 @@ def linear_backward(dy, x, W, y, act="identity", need_dx=True):
     dW = np.dot(x.T, dh)                            # BLAS: h = x W + b  =>  dW = x^T dh
     dx = np.dot(dh, W.T) if need_dx else None       # dx = dh W^T
     return dx, dW, db
+    # END TWIN
 
 
 # ------------------------------------------------------------------------------------------
@@ -834,7 +621,6 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):
     dt = _float_dtype(p, "p")
     if not all(isinstance(a, np.ndarray) and a.dtype == dt and a.flags.c_contiguous for a in (p, m, v)) \
             or g.shape != p.shape:
-        from . import reference
         return reference.adam_step(p, g, m, v, lr, beta1, beta2, eps, t)
     bc2 = math.sqrt(1.0 - beta2 ** t)               # sqrt of the bias correction of v
     step = lr * bc2 / (1.0 - beta1 ** t)

@@ -24,6 +24,7 @@ import functools
 
 import numpy as np
 
+from . import reference
 from .reference import ACTIVATIONS
 
 ROW_THREADS = 128        # threads per block in the row kernels (a power of two for the reduction)
@@ -45,6 +46,7 @@ ROW_KERNELS = {
         term="fmax(l, zero) + log1p(e) - x * l",            # softplus(l) - x l
         scale="one",
         grads=("w * (sig - x)",)),                          # d/dl
+    # TWIN kl-gradient:
     "gaussian_kl_std": dict(
         inputs=("m", "s"),
         lines=(("var", "exp(s)"),),
@@ -61,6 +63,7 @@ ROW_KERNELS = {
         term="t - s + ratio + d2 - one",
         scale="half",
         grads=("gm", "w * half * (ratio - one)", "-gm", "w * half * (one - ratio - d2)")),
+    # END TWIN
 }
 
 # act(h) and d act/dh from the output y (see reference.activation_grad_from_output)
@@ -380,12 +383,16 @@ def bernoulli_nll(x, logits, weight=None):
 
 def gaussian_kl_std(mu, logvar, weight=None):
     """See reference.gaussian_kl_std; CuPy arrays in and out."""
+    # TWIN kl-gradient: return reference.gaussian_kl_std(mu, logvar, weight)
     return _row_kernel("gaussian_kl_std", [mu, logvar], weight)
+    # END TWIN
 
 
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, weight=None):
     """See reference.gaussian_kl; CuPy arrays in and out."""
+    # TWIN kl-gradient: return reference.gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, weight)
     return _row_kernel("gaussian_kl", [mu_q, logvar_q, mu_p, logvar_p], weight)
+    # END TWIN
 
 
 def matmul(a, b):
@@ -425,6 +432,7 @@ def linear_forward(x, W, b, act="identity"):
 
 def linear_backward(dy, x, W, y, act="identity", need_dx=True):
     """(dx, dW, db): one pass for dh = dy act'(y) and db, then two cuBLAS products."""
+    # TWIN layer-backward: return reference.linear_backward(dy, x, W, y, act, need_dx)
     cp = _cp()
     _act_check(act)
     dt = dy.dtype
@@ -438,6 +446,7 @@ def linear_backward(dy, x, W, y, act="identity", need_dx=True):
     dW = cp.matmul(x.T, dh)
     dx = cp.matmul(dh, W.T) if need_dx else None
     return dx, dW, db
+    # END TWIN
 
 
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):

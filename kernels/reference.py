@@ -8,16 +8,13 @@ gradients are the ones backpropagation needs directly.  ``weight`` (a scalar or 
 array) multiplies the gradient of each row, never the value: it is how a caller folds in the
 1/N of a mean, the importance weights of IWAE or the q(y|x) weights of a GMVAE in the same pass.
 
-The formulas, with l the logits, sigma(l) = 1 / (1 + exp(-l)) and softplus(l) = log(1 + exp(l)):
+The Bernoulli formula, with l the logits, sigma(l) = 1 / (1 + exp(-l)) and
+softplus(l) = log(1 + exp(l)):
 
     bernoulli_nll:     -log Bern(x | sigmoid(l)) = softplus(l) - x l        d/dl = sigma(l) - x
-    gaussian_kl_std:   KL(N(mu, e^s) || N(0, 1)) = 1/2 (e^s + mu^2 - 1 - s)
-                       d/dmu = mu,   d/ds = 1/2 (e^s - 1)
-    gaussian_kl:       KL(N(m, e^s) || N(n, e^t)) = 1/2 (t - s + (e^s + (m - n)^2) e^-t - 1)
-                       d/dm = (m - n) e^-t,  d/dn = -(m - n) e^-t,
-                       d/ds = 1/2 (e^(s-t) - 1),  d/dt = 1/2 (1 - e^(s-t) - (m - n)^2 e^-t)
 
-each summed over D to give one value per row.
+summed over D to give one value per row.  The KL between diagonal Gaussians and the fused
+layer's backward are derived in their functions (``gaussian_kl``, ``linear_backward``).
 """
 from __future__ import annotations
 
@@ -27,10 +24,12 @@ ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "softplus", "elu")
 
 
 def _weighted(g, weight):
+    """g (N, D) times the row weights: None, a scalar or an (N,) array (NumPy or CuPy)."""
     if weight is None:
         return g
-    w = np.asarray(weight, dtype=g.dtype)
-    return g * (w[:, None] if w.ndim == 1 else w)
+    if getattr(weight, "ndim", 0) == 0:
+        return g * g.dtype.type(weight)
+    return g * weight.astype(g.dtype, copy=False)[:, None]
 
 
 def sigmoid(l):
@@ -54,21 +53,16 @@ def bernoulli_nll(x, logits, weight=None):
     return nll, _weighted(sigmoid(logits) - x, weight)
 
 
-def gaussian_kl_std(mu, logvar, weight=None):
-    """KL(N(mu, diag exp(logvar)) || N(0, I)) per row, with gradients w.r.t. mu and logvar.
-
-    mu, logvar: (N, D).  Returns kl (N,), dkl/dmu (N, D), dkl/dlogvar (N, D).
-    """
-    var = np.exp(logvar)
-    kl = 0.5 * np.sum(var + mu * mu - 1.0 - logvar, axis=1)
-    return kl, _weighted(mu, weight), _weighted(0.5 * (var - 1.0), weight)
-
-
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, weight=None):
     """KL(N(mu_q, diag exp(logvar_q)) || N(mu_p, diag exp(logvar_p))) per row, with gradients.
 
-    All inputs (N, D).  Returns kl (N,), and the gradients w.r.t. mu_q, logvar_q, mu_p, logvar_p.
+    All inputs (N, D).  Returns kl (N,), and the gradients w.r.t. mu_q, logvar_q, mu_p, logvar_p,
+    each (N, D) and multiplied by the row's weight.  The one KL of the library: every model and
+    ``gaussian_kl_std`` below call it (NumPy or CuPy arrays; no backend has a faster twin).
     """
+    # SOLUTION kl-gradient: the KL between two diagonal Gaussians (N,) and its gradients w.r.t. mu_q, logvar_q, mu_p, logvar_p
+    # HINT: with s = logvar_q, t = logvar_p: KL = 1/2 sum_d (t - s + (e^s + (mu_q - mu_p)^2) e^-t - 1).
+    # HINT: form e^(s - t) directly (never e^s or e^t alone: they overflow); _weighted(g, weight) scales rows.
     inv_var_p = np.exp(-logvar_p)
     ratio = np.exp(logvar_q - logvar_p)          # var_q / var_p, without forming either alone
     diff = mu_q - mu_p
@@ -79,6 +73,18 @@ def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p, weight=None):
     dlogvar_p = 0.5 * (1.0 - ratio - d2)
     return (kl, _weighted(dmu_q, weight), _weighted(dlogvar_q, weight),
             _weighted(-dmu_q, weight), _weighted(dlogvar_p, weight))
+    # END SOLUTION
+
+
+def gaussian_kl_std(mu, logvar, weight=None):
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) per row, with gradients w.r.t. mu and logvar.
+
+    mu, logvar: (N, D).  Returns kl (N,), dkl/dmu (N, D), dkl/dlogvar (N, D): ``gaussian_kl``
+    with mu_p = logvar_p = 0, that is 1/2 sum (e^logvar + mu^2 - 1 - logvar), mu, (e^logvar - 1)/2.
+    """
+    zero = np.zeros_like(mu)
+    kl, dmu, dlogvar, _, _ = gaussian_kl(mu, logvar, zero, zero, weight)
+    return kl, dmu, dlogvar
 
 
 def matmul(a, b):

@@ -37,12 +37,12 @@ differences, for the proposal's and the model's parameters.
 
 Run:  python lessons/06_importance_sampling.py [--quick] [--out DIR] [--seed N]
 """
-from __future__ import annotations
-
+# %%
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+FILE = Path(globals().get("__file__", "06_importance_sampling.py")).resolve()   # a notebook has no __file__: open it in lessons/
+sys.path.insert(0, str(FILE.parent))
 
 import _common as C  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
@@ -57,9 +57,9 @@ GRAD_TOL = 1e-7          # central differences (nplvm.gradcheck)
 GRAD_TOL_RICHARDSON = 1e-8
 
 
-# ----------------------------------------------------------------------------------------------
-# The model and the log weights
-# ----------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## The model and the log weights
+# %%
 
 def make_fa(D=5, L=2, seed=0):
     """A factor analysis model with known parameters W (D, L), mu (D,), psi (D,), float64."""
@@ -138,9 +138,9 @@ def estimate_bounds(prop, fa, x, Ks, repeats, rng):
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# (5): the gradient of the k-sample bound, by hand
-# ----------------------------------------------------------------------------------------------
+# %% [markdown]
+# ## (5): the gradient of the k-sample bound, by hand
+# %%
 
 def grad_log_w(W, mu, log_psi, x, m, s, eps):
     """Per-sample gradients of log w_i = log p(x, z_i) - log q(z_i), z_i = m + e^(s/2) eps_i.
@@ -171,192 +171,201 @@ def grad_log_w(W, mu, log_psi, x, m, s, eps):
     return log_w, grads
 
 
-def main(argv=None):
-    args = C.parse_args(argv, __doc__, __file__)
-    rng = np.random.default_rng(args.seed)
-    quick = args.quick
-    table = C.CheckTable("Lesson 06: importance sampling and the k-sample bound on factor analysis")
-    results = {"figures": []}
+# %% [markdown]
+# ## The lesson, step by step
+# %%
+args = C.parse_args(C.lesson_argv(), globals().get("__doc__"), FILE)
+rng = np.random.default_rng(args.seed)
+quick = args.quick
+table = C.CheckTable("Lesson 06: importance sampling and the k-sample bound on factor analysis")
+results = {"figures": []}
 
-    fa = make_fa(D=5, L=2, seed=args.seed)
-    x = fa.sample(1, seed=rng)                                            # (1, D): one observation
-    log_px = float(fa.score_samples(x)[0])                                # exact log N(x; mu, C)
-    post_mean, Sigma = fa.posterior(x)                                    # exact p(z|x)
-    m = post_mean[0]
-    L = m.shape[0]
-    # The best diagonal Gaussian, argmin KL(q || p(z|x)) over diagonal q: the posterior mean and
-    # variances 1 / Lambda_ll, Lambda = Sigma^-1 the posterior precision (Bishop 2006, sec. 10.1.2).
-    Lambda = np.linalg.inv(Sigma)
-    var_mf = 1.0 / np.diag(Lambda)
-    props = {"prior": Proposal("prior p(z)", np.zeros(L), np.eye(L)),
-             "mean-field": Proposal("best diagonal q", m, np.diag(np.sqrt(var_mf))),
-             "wide": Proposal("posterior x 2 covariance", m, np.sqrt(2.0) * np.linalg.cholesky(Sigma)),
-             "posterior": Proposal("exact posterior p(z|x)", m, np.linalg.cholesky(Sigma))}
-    SHOWN = ("prior", "mean-field", "wide")
-    xv = x[0]
-    print(f"factor analysis D=5, L=2; one observation x; exact log p(x) = {log_px:.6f}")
+fa = make_fa(D=5, L=2, seed=args.seed)
+x = fa.sample(1, seed=rng)                                            # (1, D): one observation
+log_px = float(fa.score_samples(x)[0])                                # exact log N(x; mu, C)
+post_mean, Sigma = fa.posterior(x)                                    # exact p(z|x)
+m = post_mean[0]
+L = m.shape[0]
+# The best diagonal Gaussian, argmin KL(q || p(z|x)) over diagonal q: the posterior mean and
+# variances 1 / Lambda_ll, Lambda = Sigma^-1 the posterior precision (Bishop 2006, sec. 10.1.2).
+Lambda = np.linalg.inv(Sigma)
+var_mf = 1.0 / np.diag(Lambda)
+props = {"prior": Proposal("prior p(z)", np.zeros(L), np.eye(L)),
+         "mean-field": Proposal("best diagonal q", m, np.diag(np.sqrt(var_mf))),
+         "wide": Proposal("posterior x 2 covariance", m, np.sqrt(2.0) * np.linalg.cholesky(Sigma)),
+         "posterior": Proposal("exact posterior p(z|x)", m, np.linalg.cholesky(Sigma))}
+SHOWN = ("prior", "mean-field", "wide")
+xv = x[0]
+print(f"factor analysis D=5, L=2; one observation x; exact log p(x) = {log_px:.6f}")
 
-    # -- (IS) with the exact posterior: every weight is p(x) -------------------------------------
-    lw_post = props["posterior"].log_weights(fa, xv, (1000,), rng)
-    table.add("q = p(z|x): max_i |log w_i - log p(x)|", float(np.max(np.abs(lw_post - log_px))),
-              0.0, 1e-10, "<=", note="w = p(x,z)/p(z|x) = p(x) for every z: zero variance")
+# %% [markdown]
+# ## (IS) with the exact posterior: every weight is p(x)
+# %%
+lw_post = props["posterior"].log_weights(fa, xv, (1000,), rng)
+table.add("q = p(z|x): max_i |log w_i - log p(x)|", float(np.max(np.abs(lw_post - log_px))),
+          0.0, 1e-10, "<=", note="w = p(x,z)/p(z|x) = p(x) for every z: zero variance")
 
-    # -- (1)-(4): many independent repeats of log p_hat_K for each proposal ----------------------
-    Ks = [1, 2, 5, 10, 50, 200] if quick else [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
-    repeats = 2000 if quick else 10000
-    est = {name: estimate_bounds(props[name], fa, xv, Ks, repeats, rng) for name in SHOWN}
-    stats = {}
-    for name, d in est.items():
-        stats[name] = {K: (float(v.mean()), float(v.std(ddof=1) / np.sqrt(repeats)), float(v.std(ddof=1)))
-                       for K, v in d.items()}
-    print(f"\nE[log p_hat_K] - log p(x) over {repeats} repeats (mean +- SE; std of one estimate)")
-    print(f"{'K':>6} | " + " | ".join(f"{props[n].name:>28}" for n in SHOWN))
-    for K in Ks:
-        cells = [f"{stats[n][K][0] - log_px:+.4f} +- {stats[n][K][1]:.4f} ({stats[n][K][2]:.3f})"
-                 for n in SHOWN]
-        print(f"{K:>6} | " + " | ".join(f"{c:>28}" for c in cells))
+# %% [markdown]
+# ## (1)-(4): many independent repeats of log p_hat_K for each proposal
+# %%
+Ks = [1, 2, 5, 10, 50, 200] if quick else [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+repeats = 2000 if quick else 10000
+est = {name: estimate_bounds(props[name], fa, xv, Ks, repeats, rng) for name in SHOWN}
+stats = {}
+for name, d in est.items():
+    stats[name] = {K: (float(v.mean()), float(v.std(ddof=1) / np.sqrt(repeats)), float(v.std(ddof=1)))
+                   for K, v in d.items()}
+print(f"\nE[log p_hat_K] - log p(x) over {repeats} repeats (mean +- SE; std of one estimate)")
+print(f"{'K':>6} | " + " | ".join(f"{props[n].name:>28}" for n in SHOWN))
+for K in Ks:
+    cells = [f"{stats[n][K][0] - log_px:+.4f} +- {stats[n][K][1]:.4f} ({stats[n][K][2]:.3f})"
+             for n in SHOWN]
+    print(f"{K:>6} | " + " | ".join(f"{c:>28}" for c in cells))
 
-    # (1) unbiasedness of p_hat itself (prior proposal, K = 1 and K = 10)
-    for K in (1, 10):
-        ratio = np.exp(est["prior"][K] - log_px)                        # p_hat_K / p(x)
-        se = float(ratio.std(ddof=1) / np.sqrt(repeats))
-        table.add(f"prior, K={K}: E[p_hat_K]/p(x) = 1", float(ratio.mean()), 1.0, 4.0 * se,
-                  note="tol = 4 SE" if K == 10 else "")
-    # (2) the log is biased low, for every K and both proposals
-    worst = max((stats[n][K][0] - log_px) / stats[n][K][1] for n in stats for K in Ks)
-    table.add("E[log p_hat_K] <= log p(x), all K and q (in SE)", worst, 0.0, N_SE, "<=",
-              note="lhs = max over K and q of (E[log p_hat_K] - log p(x)) / SE")
-    # (3) bias ~ -Var(w) / (2 K p(x)^2): compare at the largest K with the relative variance of w
-    rel_var = {name: relative_weight_variance(m, Sigma, props[name].m, props[name].chol)
-               for name in stats}
-    K_big = Ks[-1]
-    for name in stats:
-        print(f"Var_q(w/p(x)) in closed form, q = {props[name].name}: {rel_var[name]:.4g}")
-    # the two proposals with a finite variance of w, each at a K where the bias is well resolved
-    for name, K in (("prior", K_big), ("wide", 10)):
-        bias, se = stats[name][K][0] - log_px, stats[name][K][1]
-        pred = -rel_var[name] / (2 * K)
-        table.add(f"{name}, K={K}: bias = -Var(w/p(x))/(2K)", bias, pred,
-                  N_SE * se + 0.1 * abs(pred), note="" if name == "prior" else
-                  "delta method (3), Var(w/p(x)) in closed form; tol = 3 SE + 10% (the O(1/K^2) terms)")
-    Q_mf = props["mean-field"].chol @ props["mean-field"].chol.T
-    min_eig = float(np.min(np.linalg.eigvalsh(2 * Lambda - np.linalg.inv(Q_mf))))
-    table.add("mean-field q: Var(w) = inf: min eig(2 Sigma^-1 - Q^-1) <= 0", min_eig, 0.0, 0.0, "<=",
-              note="q narrower than p(z|x) (zero-forcing KL): heavy-tailed w, the delta method (3) "
-                   "does not apply and the bias decays slower than 1/K")
-    # The fitted slope of log(-bias) against log K is printed, not asserted: -1 is the large-K
-    # rate, reached only once K >> Var(w/p(x)).  The mean-field q is narrower than the posterior
-    # (KL(q||p) is zero-forcing), so its weights are heavy-tailed: its bias is small at small K
-    # but its relative variance (the large-K constant) exceeds even the prior's.
-    slopes = {}
-    for name in SHOWN:
-        ks_ok = [K for K in Ks if K >= 5 and -(stats[name][K][0] - log_px) > 3 * stats[name][K][1]]
-        if len(ks_ok) >= 2:
-            b = [-(stats[name][K][0] - log_px) for K in ks_ok]
-            slopes[name] = float(np.polyfit(np.log(ks_ok), np.log(b), 1)[0])
-            print(f"{name}: slope of log(-bias) vs log K over K in {ks_ok}: {slopes[name]:.2f} "
-                  f"(large-K rate -1; Var(w/p(x)) = {rel_var[name]:.2f})")
-    results.update(log_px=log_px, Ks=Ks, stats=stats, rel_var=rel_var, bias_slopes=slopes)
+# (1) unbiasedness of p_hat itself (prior proposal, K = 1 and K = 10)
+for K in (1, 10):
+    ratio = np.exp(est["prior"][K] - log_px)                        # p_hat_K / p(x)
+    se = float(ratio.std(ddof=1) / np.sqrt(repeats))
+    table.add(f"prior, K={K}: E[p_hat_K]/p(x) = 1", float(ratio.mean()), 1.0, 4.0 * se,
+              note="tol = 4 SE" if K == 10 else "")
+# (2) the log is biased low, for every K and both proposals
+worst = max((stats[n][K][0] - log_px) / stats[n][K][1] for n in stats for K in Ks)
+table.add("E[log p_hat_K] <= log p(x), all K and q (in SE)", worst, 0.0, N_SE, "<=",
+          note="lhs = max over K and q of (E[log p_hat_K] - log p(x)) / SE")
+# (3) bias ~ -Var(w) / (2 K p(x)^2): compare at the largest K with the relative variance of w
+rel_var = {name: relative_weight_variance(m, Sigma, props[name].m, props[name].chol)
+           for name in stats}
+K_big = Ks[-1]
+for name in stats:
+    print(f"Var_q(w/p(x)) in closed form, q = {props[name].name}: {rel_var[name]:.4g}")
+# the two proposals with a finite variance of w, each at a K where the bias is well resolved
+for name, K in (("prior", K_big), ("wide", 10)):
+    bias, se = stats[name][K][0] - log_px, stats[name][K][1]
+    pred = -rel_var[name] / (2 * K)
+    table.add(f"{name}, K={K}: bias = -Var(w/p(x))/(2K)", bias, pred,
+              N_SE * se + 0.1 * abs(pred), note="" if name == "prior" else
+              "delta method (3), Var(w/p(x)) in closed form; tol = 3 SE + 10% (the O(1/K^2) terms)")
+Q_mf = props["mean-field"].chol @ props["mean-field"].chol.T
+min_eig = float(np.min(np.linalg.eigvalsh(2 * Lambda - np.linalg.inv(Q_mf))))
+table.add("mean-field q: Var(w) = inf: min eig(2 Sigma^-1 - Q^-1) <= 0", min_eig, 0.0, 0.0, "<=",
+          note="q narrower than p(z|x) (zero-forcing KL): heavy-tailed w, the delta method (3) "
+               "does not apply and the bias decays slower than 1/K")
+# The fitted slope of log(-bias) against log K is printed, not asserted: -1 is the large-K
+# rate, reached only once K >> Var(w/p(x)).  The mean-field q is narrower than the posterior
+# (KL(q||p) is zero-forcing), so its weights are heavy-tailed: its bias is small at small K
+# but its relative variance (the large-K constant) exceeds even the prior's.
+slopes = {}
+for name in SHOWN:
+    ks_ok = [K for K in Ks if K >= 5 and -(stats[name][K][0] - log_px) > 3 * stats[name][K][1]]
+    if len(ks_ok) >= 2:
+        b = [-(stats[name][K][0] - log_px) for K in ks_ok]
+        slopes[name] = float(np.polyfit(np.log(ks_ok), np.log(b), 1)[0])
+        print(f"{name}: slope of log(-bias) vs log K over K in {ks_ok}: {slopes[name]:.2f} "
+              f"(large-K rate -1; Var(w/p(x)) = {rel_var[name]:.2f})")
+results.update(log_px=log_px, Ks=Ks, stats=stats, rel_var=rel_var, bias_slopes=slopes)
 
-    # (4) the k-sample bound with the mean-field proposal: L_1 = ELBO <= L_k <= L_m <= log p(x)
-    elbo_cf = fa.elbo(x, m[None, :], np.diag(var_mf))
-    elbo_closed = float(elbo_cf["expected_loglik_minus_kl"][0])
-    L1, se1, _ = stats["mean-field"][1]
-    table.add("L_1 (MC) = ELBO (closed form, FactorAnalysis.elbo)", L1, elbo_closed, 4.0 * se1,
-              note="tol = 4 SE")
-    table.add("log p(x) - ELBO = KL(q || p(z|x)) (closed form)", log_px - elbo_closed,
-              float(elbo_cf["kl_posterior"][0]), 1e-10)
-    ks_order = [k for k in (1, 5, 50, 200, 1000) if k in Ks]
-    for k, mm in zip(ks_order[:-1], ks_order[1:]):
-        (Lk, sek, _), (Lm, sem, _) = stats["mean-field"][k], stats["mean-field"][mm]
-        table.add(f"L_{k} <= L_{mm}", Lk, Lm, N_SE * np.hypot(sek, sem), "<=")
-    Lmax, semax, _ = stats["mean-field"][ks_order[-1]]
-    table.add(f"L_{ks_order[-1]} <= log p(x)", Lmax, log_px, N_SE * semax, "<=",
-              note="tol = 3 SE (of the difference, for the bound orderings)")
-    gap1, gapmax = log_px - L1, log_px - Lmax
-    table.add(f"gap log p(x) - L_k shrinks: gap(k={ks_order[-1]}) <= gap(1)/10", gapmax, gap1 / 10,
-              N_SE * semax, "<=", note=f"gap(1) = {gap1:.4f}, gap({ks_order[-1]}) = {gapmax:.5f} nats")
-    results.update(elbo_closed=elbo_closed, L={K: stats["mean-field"][K][0] for K in Ks},
-                   L_se={K: stats["mean-field"][K][1] for K in Ks})
+# (4) the k-sample bound with the mean-field proposal: L_1 = ELBO <= L_k <= L_m <= log p(x)
+elbo_cf = fa.elbo(x, m[None, :], np.diag(var_mf))
+elbo_closed = float(elbo_cf["expected_loglik_minus_kl"][0])
+L1, se1, _ = stats["mean-field"][1]
+table.add("L_1 (MC) = ELBO (closed form, FactorAnalysis.elbo)", L1, elbo_closed, 4.0 * se1,
+          note="tol = 4 SE")
+table.add("log p(x) - ELBO = KL(q || p(z|x)) (closed form)", log_px - elbo_closed,
+          float(elbo_cf["kl_posterior"][0]), 1e-10)
+ks_order = [k for k in (1, 5, 50, 200, 1000) if k in Ks]
+for k, mm in zip(ks_order[:-1], ks_order[1:]):
+    (Lk, sek, _), (Lm, sem, _) = stats["mean-field"][k], stats["mean-field"][mm]
+    table.add(f"L_{k} <= L_{mm}", Lk, Lm, N_SE * np.hypot(sek, sem), "<=")
+Lmax, semax, _ = stats["mean-field"][ks_order[-1]]
+table.add(f"L_{ks_order[-1]} <= log p(x)", Lmax, log_px, N_SE * semax, "<=",
+          note="tol = 3 SE (of the difference, for the bound orderings)")
+gap1, gapmax = log_px - L1, log_px - Lmax
+table.add(f"gap log p(x) - L_k shrinks: gap(k={ks_order[-1]}) <= gap(1)/10", gapmax, gap1 / 10,
+          N_SE * semax, "<=", note=f"gap(1) = {gap1:.4f}, gap({ks_order[-1]}) = {gapmax:.5f} nats")
+results.update(elbo_closed=elbo_closed, L={K: stats["mean-field"][K][0] for K in Ks},
+               L_se={K: stats["mean-field"][K][1] for K in Ks})
 
-    # -- (5) the gradient of the k-sample bound: sum_i w~_i grad log w_i = finite differences ----
-    k = 5
-    P = {"W": fa.params["W"].copy(), "mu": fa.params["mu"].copy(), "log_psi": fa.params["log_psi"].copy(),
-         "m": m + 0.3 * rng.standard_normal(L), "s": np.log(var_mf) + 0.2 * rng.standard_normal(L)}
-    eps = rng.standard_normal((k, L))                                     # fixed noise
+# %% [markdown]
+# ## (5) the gradient of the k-sample bound: sum_i w~_i grad log w_i = finite differences
+# %%
+k = 5
+P = {"W": fa.params["W"].copy(), "mu": fa.params["mu"].copy(), "log_psi": fa.params["log_psi"].copy(),
+     "m": m + 0.3 * rng.standard_normal(L), "s": np.log(var_mf) + 0.2 * rng.standard_normal(L)}
+eps = rng.standard_normal((k, L))                                     # fixed noise
 
-    def bound():
-        lw, _ = grad_log_w(P["W"], P["mu"], P["log_psi"], xv, P["m"], P["s"], eps)
-        return float(iwae_bound(lw[:, None])[0])                          # log (1/k) sum_i w_i
+def bound():
+    lw, _ = grad_log_w(P["W"], P["mu"], P["log_psi"], xv, P["m"], P["s"], eps)
+    return float(iwae_bound(lw[:, None])[0])                          # log (1/k) sum_i w_i
 
-    lw, g_i = grad_log_w(P["W"], P["mu"], P["log_psi"], xv, P["m"], P["s"], eps)
-    w_tilde = normalized_weights(lw[:, None])[:, 0]                       # w~_i, sums to 1
-    grad_errs = {}
-    for name in ("m", "s", "W", "mu", "log_psi"):
-        g = np.tensordot(w_tilde, g_i[name], axes=1)                      # sum_i w~_i grad log w_i
-        e_c = check_grad(bound, P[name], g)                               # central, h = 1e-6
-        e_r = rel_error(g, C.richardson_grad(bound, P[name]))            # O(h^4) differences
-        grad_errs[name] = (e_c, e_r)
-        table.add(f"grad_{name} L_k = sum_i w~_i grad log w_i (Richardson FD)", e_r, 0.0,
-                  GRAD_TOL_RICHARDSON, "<=",
-                  note="" if name != "m" else "lhs: relative error vs finite differences (k = 5, eps fixed)")
-        table.add(f"grad_{name}: same, central differences (gradcheck)", e_c, 0.0, GRAD_TOL, "<=")
-    # the per-sample weights w~ are not 1/k: the IWAE gradient is not the average ELBO gradient
-    g_avg = g_i["m"].mean(axis=0)
-    g_iw = np.tensordot(w_tilde, g_i["m"], axes=1)
-    print(f"\nk = {k}: w~ = {np.array2string(w_tilde, precision=3)} (ESS {1 / np.sum(w_tilde ** 2):.2f}); "
-          f"grad_m with w~: {np.array2string(g_iw, precision=3)}, with 1/k: {np.array2string(g_avg, precision=3)}")
-    table.add("sum_i w~_i = 1 and w~ = exp(log w - logsumexp)", float(abs(w_tilde.sum() - 1) + np.max(np.abs(
-        w_tilde - np.exp(lw - logsumexp(lw))))), 0.0, 1e-14, "<=")
-    results["grad_errors"] = grad_errs
+lw, g_i = grad_log_w(P["W"], P["mu"], P["log_psi"], xv, P["m"], P["s"], eps)
+w_tilde = normalized_weights(lw[:, None])[:, 0]                       # w~_i, sums to 1
+grad_errs = {}
+for name in ("m", "s", "W", "mu", "log_psi"):
+    g = np.tensordot(w_tilde, g_i[name], axes=1)                      # sum_i w~_i grad log w_i
+    e_c = check_grad(bound, P[name], g)                               # central, h = 1e-6
+    e_r = rel_error(g, C.richardson_grad(bound, P[name]))            # O(h^4) differences
+    grad_errs[name] = (e_c, e_r)
+    table.add(f"grad_{name} L_k = sum_i w~_i grad log w_i (Richardson FD)", e_r, 0.0,
+              GRAD_TOL_RICHARDSON, "<=",
+              note="" if name != "m" else "lhs: relative error vs finite differences (k = 5, eps fixed)")
+    table.add(f"grad_{name}: same, central differences (gradcheck)", e_c, 0.0, GRAD_TOL, "<=")
+# the per-sample weights w~ are not 1/k: the IWAE gradient is not the average ELBO gradient
+g_avg = g_i["m"].mean(axis=0)
+g_iw = np.tensordot(w_tilde, g_i["m"], axes=1)
+print(f"\nk = {k}: w~ = {np.array2string(w_tilde, precision=3)} (ESS {1 / np.sum(w_tilde ** 2):.2f}); "
+      f"grad_m with w~: {np.array2string(g_iw, precision=3)}, with 1/k: {np.array2string(g_avg, precision=3)}")
+table.add("sum_i w~_i = 1 and w~ = exp(log w - logsumexp)", float(abs(w_tilde.sum() - 1) + np.max(np.abs(
+    w_tilde - np.exp(lw - logsumexp(lw))))), 0.0, 1e-14, "<=")
+results["grad_errors"] = grad_errs
 
-    # -- figures ----------------------------------------------------------------------------------
-    fig, ax = C.plt.subplots(1, 3, figsize=(15, 4.3))
-    gx, gy = np.meshgrid(np.linspace(-3.5, 3.5, 200), np.linspace(-3.5, 3.5, 200))
-    grid = np.stack([gx, gy], axis=-1)
-    dens = np.exp(full_gaussian_log_prob(grid, m, np.linalg.cholesky(Sigma)))
-    ax[0].contour(gx, gy, dens, levels=6, colors="k", linewidths=0.8)
-    for name, col in (("prior", "C0"), ("mean-field", "C1"), ("wide", "C2")):
-        pr = props[name]
-        zs = pr.m + rng.standard_normal((300, L)) @ pr.chol.T
-        ax[0].scatter(zs[:, 0], zs[:, 1], s=5, alpha=0.5, color=col, label=f"z ~ {pr.name}")
-    ax[0].set(xlabel="z_1", ylabel="z_2", title="posterior p(z|x) (contours) and proposals")
-    ax[0].legend(fontsize=8, loc="lower left")
-    for name, col in (("prior", "C0"), ("mean-field", "C1"), ("wide", "C2")):
-        b = np.array([-(stats[name][K][0] - log_px) for K in Ks])
-        se = np.array([stats[name][K][1] for K in Ks])
-        ax[1].errorbar(Ks, b, yerr=2 * se, fmt="o-", color=col, ms=4, capsize=2,
-                       label=f"{props[name].name}: -(E[log p_hat_K] - log p(x))")
-        if np.isfinite(rel_var[name]):
-            ax[1].plot(Ks, rel_var[name] / (2 * np.array(Ks, float)), "--", color=col,
-                       label="Var(w/p(x)) / 2K (delta method)")
-    ax[1].set_xscale("log")
-    ax[1].set_yscale("log")
-    ax[1].set(xlabel="K samples", ylabel="bias of log p_hat_K (nats, negated)",
-              title="log of an unbiased estimate is biased low, ~1/K")
-    ax[1].legend(fontsize=7)
-    for name, col in (("prior", "C0"), ("mean-field", "C1"), ("wide", "C2")):
-        ax[2].loglog(Ks, [stats[name][K][2] for K in Ks], "o-", color=col, ms=4, label=props[name].name)
-    ax[2].loglog(Ks, stats["prior"][1][2] / np.sqrt(Ks), "k:", label="1/sqrt(K)")
-    ax[2].set(xlabel="K samples", ylabel="std of log p_hat_K (nats)",
-              title="spread of one estimate (exact posterior: 0)")
-    ax[2].legend(fontsize=8)
-    results["figures"].append(C.save_figure(fig, args.out / "is_bias_variance.png"))
+# %% [markdown]
+# ## Figures
+# %%
+fig, ax = C.plt.subplots(1, 3, figsize=(15, 4.3))
+gx, gy = np.meshgrid(np.linspace(-3.5, 3.5, 200), np.linspace(-3.5, 3.5, 200))
+grid = np.stack([gx, gy], axis=-1)
+dens = np.exp(full_gaussian_log_prob(grid, m, np.linalg.cholesky(Sigma)))
+ax[0].contour(gx, gy, dens, levels=6, colors="k", linewidths=0.8)
+for name, col in (("prior", "C0"), ("mean-field", "C1"), ("wide", "C2")):
+    pr = props[name]
+    zs = pr.m + rng.standard_normal((300, L)) @ pr.chol.T
+    ax[0].scatter(zs[:, 0], zs[:, 1], s=5, alpha=0.5, color=col, label=f"z ~ {pr.name}")
+ax[0].set(xlabel="z_1", ylabel="z_2", title="posterior p(z|x) (contours) and proposals")
+ax[0].legend(fontsize=8, loc="lower left")
+for name, col in (("prior", "C0"), ("mean-field", "C1"), ("wide", "C2")):
+    b = np.array([-(stats[name][K][0] - log_px) for K in Ks])
+    se = np.array([stats[name][K][1] for K in Ks])
+    ax[1].errorbar(Ks, b, yerr=2 * se, fmt="o-", color=col, ms=4, capsize=2,
+                   label=f"{props[name].name}: -(E[log p_hat_K] - log p(x))")
+    if np.isfinite(rel_var[name]):
+        ax[1].plot(Ks, rel_var[name] / (2 * np.array(Ks, float)), "--", color=col,
+                   label="Var(w/p(x)) / 2K (delta method)")
+ax[1].set_xscale("log")
+ax[1].set_yscale("log")
+ax[1].set(xlabel="K samples", ylabel="bias of log p_hat_K (nats, negated)",
+          title="log of an unbiased estimate is biased low, ~1/K")
+ax[1].legend(fontsize=7)
+for name, col in (("prior", "C0"), ("mean-field", "C1"), ("wide", "C2")):
+    ax[2].loglog(Ks, [stats[name][K][2] for K in Ks], "o-", color=col, ms=4, label=props[name].name)
+ax[2].loglog(Ks, stats["prior"][1][2] / np.sqrt(Ks), "k:", label="1/sqrt(K)")
+ax[2].set(xlabel="K samples", ylabel="std of log p_hat_K (nats)",
+          title="spread of one estimate (exact posterior: 0)")
+ax[2].legend(fontsize=8)
+results["figures"].append(C.save_figure(fig, args.out / "is_bias_variance.png"))
 
-    fig, ax = C.plt.subplots(figsize=(6.5, 4.3))
-    Lm = np.array([stats["mean-field"][K][0] for K in Ks])
-    Ls = np.array([stats["mean-field"][K][1] for K in Ks])
-    ax.errorbar(Ks, Lm, yerr=2 * Ls, fmt="o-", ms=4, capsize=2, label="L_k = E[log (1/k) sum w_i] +- 2 SE")
-    ax.axhline(log_px, color="k", ls="--", label=f"log p(x) = {log_px:.3f} (exact)")
-    ax.axhline(elbo_closed, color="C3", ls=":", label=f"ELBO = L_1 closed form = {elbo_closed:.3f}")
-    ax.set_xscale("log")
-    ax.set(xlabel="k", ylabel="nats", title="k-sample bound, q = best diagonal Gaussian")
-    ax.legend(fontsize=8, loc="lower right")
-    results["figures"].append(C.save_figure(fig, args.out / "k_sample_bound.png"))
+fig, ax = C.plt.subplots(figsize=(6.5, 4.3))
+Lm = np.array([stats["mean-field"][K][0] for K in Ks])
+Ls = np.array([stats["mean-field"][K][1] for K in Ks])
+ax.errorbar(Ks, Lm, yerr=2 * Ls, fmt="o-", ms=4, capsize=2, label="L_k = E[log (1/k) sum w_i] +- 2 SE")
+ax.axhline(log_px, color="k", ls="--", label=f"log p(x) = {log_px:.3f} (exact)")
+ax.axhline(elbo_closed, color="C3", ls=":", label=f"ELBO = L_1 closed form = {elbo_closed:.3f}")
+ax.set_xscale("log")
+ax.set(xlabel="k", ylabel="nats", title="k-sample bound, q = best diagonal Gaussian")
+ax.legend(fontsize=8, loc="lower right")
+results["figures"].append(C.save_figure(fig, args.out / "k_sample_bound.png"))
 
-    return C.finish(table, results)
+results = C.finish(table, results)
 
-
+# %%
 if __name__ == "__main__":
-    out = main()
-    sys.exit(0 if out["all_ok"] else 1)
+    sys.exit(0 if results["all_ok"] else 1)

@@ -56,7 +56,7 @@ def image_grid(images, rows, cols, side=28):
 
 def check_gradients(seed):
     """1. The whole model's gradient against central differences, float64, every entry."""
-    m = GMVAE(x_dim=16, n_components=3, z_dim=2, hidden=[8], activation="tanh", seed=seed,
+    m = GMVAE(x_dim=16, n_components=3, latent=2, hidden=[8], activation="tanh", seed=seed,
               dtype="float64")
     x = (np.random.default_rng(seed).random((6, 16)) < 0.4).astype(np.float64)
     report = assert_model_grads(m, x, tol=1e-5, seed=seed, eps=1e-5, max_entries_per_param=None)
@@ -77,7 +77,7 @@ def compare_estimators(model, x, n_draws, seed):
     for k, v in model.params.items():
         m.params[k][...] = v
     x = x.astype(np.float64)
-    K, N, L = m.n_components, x.shape[0], m.z_dim
+    K, N, L = m.n_components, x.shape[0], m.latent
     eps = np.random.default_rng(seed).standard_normal((K, N, L))
     _, exact = m.loss(x, None, eps=eps)
     name = "y_head.layers.0.W"
@@ -121,7 +121,7 @@ def main(argv=None):
     if ds.test_labels is None:
         raise SystemExit(f"{args.data!r} has no test labels: the lesson scores clustering on them")
     x_eval, y_eval = (ds.test[:300], ds.test_labels[:300]) if q else (ds.test, ds.test_labels)
-    model = GMVAE(x_dim=x_train.shape[1], n_components=K, z_dim=4 if q else 10,
+    model = GMVAE(x_dim=x_train.shape[1], n_components=K, latent=4 if q else 10,
                   hidden=[64] if q else [500, 500], prior_spread=2.0, seed=args.seed)
     fresh = GMVAE(**model.config)          # the same initial parameters, kept for part 3
     warmup = max(1, epochs // 3) if args.no_vade else 0
@@ -149,7 +149,7 @@ def main(argv=None):
 
     # 4. figures ------------------------------------------------------------------------------
     n_per = 10
-    samples = model.sample(n_per, np.random.default_rng(args.seed))            # (K, n_per, D)
+    samples = model.sample_components(n_per, np.random.default_rng(args.seed))            # (K, n_per, D)
     fig, ax = plt.subplots(figsize=(n_per * 0.6, K * 0.6))
     ax.imshow(image_grid(samples.reshape(K * n_per, -1), K, n_per), cmap="gray", vmin=0, vmax=1)
     ax.set_yticks(np.arange(K) * 28 + 14, [f"y={k}" for k in range(K)])

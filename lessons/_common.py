@@ -1,25 +1,32 @@
-"""Small helpers the numbered lessons share: arguments, figures, and the table of checks.
+"""Small helpers the numbered lessons share: arguments, figures, the table of checks, and cells.
 
-A lesson is a script ``NN_name.py`` with ``main(argv) -> dict``.  It
+A lesson is a script ``NN_name.py`` cut into ``# %%`` cells (the percent format that Jupyter
+through jupytext, VS Code and Spyder read), one per step of its derivation, written at the top
+level so that it runs cell by cell as a notebook and top to bottom as a script.  It
 
 * parses ``--quick`` (a few seconds; what the tests run), ``--out DIR`` (where figures go,
-  default ``figures/<lesson-name>/`` at the repository root) and ``--seed``   -> ``parse_args``
+  default ``figures/<lesson-name>/`` at the repository root) and ``--seed``
+  -> ``parse_args(lesson_argv(), __doc__, FILE)``
 * prints every derivation it verifies as a row "identity | lhs | rhs | difference | tol | ok"
-  -> ``CheckTable``
+  -> ``CheckTable`` (rows that hold by construction are worked examples: ``table.example``)
 * saves PNG figures                                                          -> ``save_figure``
+* ends with ``results = finish(table, results)`` and, as a script, exits non-zero if a check fails.
 
-and returns ``{"checks": table.to_dict(), "figures": [...], ...}`` so a test can assert the
-same numbers the student reads.
+``run_lesson(path, argv)`` runs a lesson file with the given arguments and returns its
+``results`` dict (``{"checks": ..., "all_ok": ..., "figures": [...], ...}``), so a test asserts
+the same numbers the student reads.  In a notebook ``lesson_argv()`` reads the arguments from
+``$NPLVM_LESSON_ARGS`` (e.g. "--quick"), since the kernel's own command line is not the lesson's.
 
 Usage::
 
     import _common as C
-    args = C.parse_args(argv, __doc__, __file__)
+    args = C.parse_args(C.lesson_argv(), __doc__, FILE)
     table = C.CheckTable("KL of two Gaussians")
     table.add("KL closed form = MC", lhs=kl, rhs=kl_mc, tol=4 * se, note="tol = 4 SE")
     table.add("L_1 <= L_5", lhs=L1, rhs=L5, tol=3 * se, relation="<=")
-    print(table)
+    table.example("log mean w >= mean log w (every sample)", lhs=a, rhs=b, relation=">=")
     C.save_figure(fig, args.out / "kl.png")
+    results = C.finish(table, results)
 
 For gradients to 1e-8 and better, ``richardson_grad`` gives central differences with one
 Richardson step (error O(h^4)), sharper than ``nplvm.gradcheck.numerical_grad`` (O(h^2)).
@@ -28,6 +35,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import runpy
+import shlex
 import sys
 from pathlib import Path
 
@@ -43,15 +53,41 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")                            # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported for the lessons)
 
-__all__ = ["parse_args", "lesson_name", "save_figure", "CheckTable", "richardson_grad", "quick_or",
-           "plt", "REPO_ROOT"]
+__all__ = ["parse_args", "lesson_name", "lesson_argv", "run_lesson", "save_figure", "CheckTable",
+           "finish", "richardson_grad", "quick_or", "plt", "REPO_ROOT"]
+
+_ARGV = None                                     # set by run_lesson for the lesson it runs
 
 RELATIONS = ("=", "<=", ">=")
+KINDS = ("check", "example")
 
 
 def lesson_name(file):
     """'lessons/02_kl_gaussian.py' -> '02_kl_gaussian'."""
     return Path(file).stem
+
+
+def lesson_argv():
+    """The lesson's command-line arguments: those given to ``run_lesson``, else the script's
+    (``sys.argv[1:]``), else -- in a notebook, whose kernel has its own command line --
+    ``$NPLVM_LESSON_ARGS`` split like a shell would (default: none, the full lesson)."""
+    if _ARGV is not None:
+        return list(_ARGV)
+    if "ipykernel" in sys.modules or "IPython" in sys.modules:
+        return shlex.split(os.environ.get("NPLVM_LESSON_ARGS", ""))
+    return sys.argv[1:]
+
+
+def run_lesson(path, argv=()):
+    """Run the lesson file ``path`` top to bottom with the arguments ``argv`` (a list of strings)
+    and return its ``results`` dict.  What the tests call; a lesson is not imported, it is run."""
+    global _ARGV
+    _ARGV = [str(a) for a in argv]
+    try:
+        namespace = runpy.run_path(str(path), run_name="__lesson__")
+    finally:
+        _ARGV = None
+    return namespace["results"]
 
 
 def parse_args(argv, description, file, extra=None):
@@ -111,14 +147,23 @@ class CheckTable:
     standard errors for a Monte Carlo estimate, the finite-difference error for a gradient.
     For gradients, pass the relative error as ``lhs`` and 0 as ``rhs`` (relation "<=" also
     reads well: "rel. error <= 1e-7").
+
+    ``kind="example"`` records a *worked example*: an identity that holds by construction (two
+    names for the same computation, an inequality every sample obeys, such as log of a mean >=
+    mean of logs).  It is printed, marked "example", so the student sees the numbers, but it is
+    not a check: it cannot fail, so it does not count towards ``all_ok``.  Every row of kind
+    "check" (the default) must be able to fail.
     """
 
     def __init__(self, title):
         self.title = title
         self.rows = {}
 
-    def add(self, identity, lhs, rhs, tol, relation="=", note=""):
-        """Record one check; returns whether it holds.  ``identity`` names it (unique per table)."""
+    def add(self, identity, lhs, rhs, tol, relation="=", note="", kind="check"):
+        """Record one row; returns whether it holds.  ``identity`` names it (unique per table);
+        ``kind`` is "check" (counted) or "example" (shown, not counted: see the class docstring)."""
+        if kind not in KINDS:
+            raise ValueError(f"expected kind in {KINDS}, got {kind!r}")
         if relation not in RELATIONS:
             raise ValueError(f"expected relation in {RELATIONS}, got {relation!r}")
         if identity in self.rows:
@@ -133,27 +178,36 @@ class CheckTable:
             ok = -diff <= tol
         ok = bool(ok) and math.isfinite(diff)
         self.rows[identity] = {"lhs": lhs, "rhs": rhs, "difference": diff, "tol": tol,
-                               "relation": relation, "ok": ok, "note": note}
+                               "relation": relation, "ok": ok, "note": note, "kind": kind}
         return ok
+
+    def example(self, identity, lhs, rhs, tol=0.0, relation="=", note=""):
+        """``add(..., kind="example")``: a worked example, printed but not counted."""
+        return self.add(identity, lhs, rhs, tol, relation=relation, note=note, kind="example")
 
     @property
     def all_ok(self):
-        return all(r["ok"] for r in self.rows.values())
+        return not self.failures()
 
     def failures(self):
-        """The names of the checks that do not hold."""
-        return [k for k, r in self.rows.items() if not r["ok"]]
+        """The names of the checks (kind "check") that do not hold."""
+        return [k for k, r in self.rows.items() if r["kind"] == "check" and not r["ok"]]
+
+    def checks(self):
+        """{identity: row} of the rows that are checks (not worked examples)."""
+        return {k: dict(r) for k, r in self.rows.items() if r["kind"] == "check"}
 
     def to_dict(self):
-        """{identity: {"lhs", "rhs", "difference", "tol", "relation", "ok", "note"}} (a copy)."""
+        """{identity: {"lhs", "rhs", "difference", "tol", "relation", "ok", "note", "kind"}} (a copy)."""
         return {k: dict(r) for k, r in self.rows.items()}
 
     def render(self):
         head = ("identity", "lhs", "rel", "rhs", "difference", "tol", "ok")
         lines = [head]
         for k, r in self.rows.items():
+            status = ("ok" if r["ok"] else "FAIL") if r["kind"] == "check" else "example"
             lines.append((k, _fmt(r["lhs"]), r["relation"], _fmt(r["rhs"]), _fmt(r["difference"]),
-                          _fmt(r["tol"]), "ok" if r["ok"] else "FAIL"))
+                          _fmt(r["tol"]), status))
         widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
         out = [f"== {self.title} =="]
         for j, l in enumerate(lines):
@@ -165,7 +219,10 @@ class CheckTable:
             if r["note"]:
                 out.append(f"  [{k}] {r['note']}")
         n_bad = len(self.failures())
-        out.append(f"{len(self.rows)} checks: " + ("all ok" if n_bad == 0 else f"{n_bad} FAILED"))
+        n_ex = sum(r["kind"] == "example" for r in self.rows.values())
+        out.append(f"{len(self.rows) - n_ex} checks: " + ("all ok" if n_bad == 0 else f"{n_bad} FAILED")
+                   + (f"  (+ {n_ex} worked example{'s' if n_ex != 1 else ''}, shown, not counted: "
+                      "they hold by construction)" if n_ex else ""))
         return "\n".join(out)
 
     def __str__(self):
@@ -173,9 +230,12 @@ class CheckTable:
 
 
 def finish(table, results):
-    """Print the lesson's table of checks and record it in ``results`` (returned, for main)."""
+    """Print the lesson's table of checks and record it in ``results`` (returned, for main):
+    ``results["checks"]`` the rows that are checks, ``results["examples"]`` the worked examples,
+    ``results["all_ok"]`` whether every check holds."""
     print(table)
-    results["checks"] = table.to_dict()
+    results["checks"] = table.checks()
+    results["examples"] = {k: r for k, r in table.to_dict().items() if r["kind"] == "example"}
     results["all_ok"] = table.all_ok
     return results
 

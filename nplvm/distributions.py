@@ -18,8 +18,9 @@ Conventions (README):
   ``weight`` of the batch shape (or a scalar) multiplies each row's gradient: it is how a caller
   folds in the upstream gradient (1/N of a mean, importance weights, q(y|x)).
 
-The hot KL and Bernoulli terms go through ``kernels`` (fused value + gradient); the functions
-``kl_std_normal`` etc. state the same math in plain NumPy for reading and for homework.
+The KL and Bernoulli terms go through ``kernels`` (value and gradient together; the KL's math is
+``kernels.reference.gaussian_kl``, the Bernoulli's a fused kernel), so every model and lesson
+uses one definition of each.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 __all__ = [
     "LOG_2PI", "logsumexp", "logsumexp_backward", "logmeanexp", "softmax", "softmax_backward",
-    "log_softmax", "log_softmax_backward", "one_hot", "std_normal_log_prob",
-    "std_normal_log_prob_grad", "kl_std_normal", "DiagGaussian", "Bernoulli", "Categorical",
+    "log_softmax", "log_softmax_backward", "one_hot", "gaussian_log_prob", "std_normal_log_prob",
+    "std_normal_log_prob_grad", "kl_std_normal", "reparameterize_backward", "DiagGaussian", "Bernoulli", "Categorical",
 ]
 
 
@@ -196,6 +197,17 @@ def _check_event(x, name, event_shape, like):
 # the standard normal prior p(z) = N(0, I)
 # ---------------------------------------------------------------------------------------------
 
+def gaussian_log_prob(z, mu, logvar):
+    """log N(z | mu, diag e^logvar) = -1/2 sum_d (log 2 pi + logvar_d + (z_d - mu_d)^2 e^-logvar_d).
+
+    z, mu, logvar: (..., D), broadcasting.  Returns (...,), summed over the last axis.  The one
+    Gaussian log-density of the library (``DiagGaussian.log_prob`` and the models call it).
+    """
+    xp = xp_of(z, mu)
+    diff = z - mu
+    return -0.5 * xp.sum(LOG_2PI + logvar + diff * diff * xp.exp(-logvar), axis=-1)
+
+
 def std_normal_log_prob(z):
     """log N(z | 0, I) = -1/2 sum_d (log 2 pi + z_d^2), summed over the last axis: (...,)."""
     xp = xp_of(z)
@@ -208,25 +220,32 @@ def std_normal_log_prob_grad(z):
 
 
 def kl_std_normal(mu, logvar):
-    """KL(N(mu, diag e^logvar) || N(0, I)) per row, and its gradients, in plain NumPy.
+    """KL(N(mu, diag e^logvar) || N(0, I)) per row, and its gradients w.r.t. mu and logvar.
 
     mu, logvar: (..., D).  Returns kl (...,), dkl/dmu (..., D), dkl/dlogvar (..., D).
-
-    With sigma^2 = e^logvar, the closed form (Kingma & Welling 2014, appendix B) is
-
-        KL = 1/2 sum_d (sigma_d^2 + mu_d^2 - 1 - log sigma_d^2),
-        dKL/dmu_d = mu_d,     dKL/dlogvar_d = 1/2 (sigma_d^2 - 1).
-
-    This is the readable definition; ``DiagGaussian.kl_std`` calls the fused kernel
-    ``kernels.gaussian_kl_std`` that computes the same thing in one pass.
+    The closed form (Kingma & Welling 2014, appendix B), with sigma^2 = e^logvar, is
+    KL = 1/2 sum_d (sigma_d^2 + mu_d^2 - 1 - log sigma_d^2); the math (value and gradients) is
+    written once, in ``kernels.reference.gaussian_kl`` (homework 'kl-gradient'), and this is it
+    with the prior N(0, I).
     """
-    # SOLUTION kl-gradient: KL(N(mu, e^logvar) || N(0, I)) and its gradients w.r.t. mu and logvar
-    # HINT: var = np.exp(logvar); sum over the last axis; return kl (...,), dmu (..., D), dlogvar (..., D)
-    var = np.exp(logvar)                                        # sigma^2 = e^logvar
-    kl = 0.5 * np.sum(var + mu * mu - 1.0 - logvar, axis=-1)    # 1/2 sum_d (s^2 + mu^2 - 1 - log s^2)
-    dmu = mu                                                    # d/dmu_d     (1/2 mu_d^2)
-    dlogvar = 0.5 * (var - 1.0)                                 # d/dlogvar_d (1/2 (e^logvar - logvar))
-    return kl, dmu, dlogvar
+    D = mu.shape[-1]
+    kl, dmu, dlogvar = kernels.gaussian_kl_std(mu.reshape(-1, D), logvar.reshape(-1, D))
+    return kl.reshape(mu.shape[:-1]), dmu.reshape(mu.shape), dlogvar.reshape(mu.shape)
+
+
+def reparameterize_backward(dz, eps, logvar):
+    """(dmu, dlogvar) from the upstream gradient dz = dL/dz of z = mu + exp(logvar / 2) * eps.
+
+    dz, eps: (..., D), broadcasting against logvar (..., D); per draw, no sample axis summed.
+    The reparameterization's chain rule, written once: the VAE, the IWAE, the GMVAE, the VRNN,
+    ``DiagGaussian.rsample_backward`` and ``objectives.reparameterization_gradient`` call it.
+    """
+    # SOLUTION vae-reparam-gradient: the gradient of a loss w.r.t. mu and logvar through z = mu + exp(logvar/2) * eps
+    # HINT dz holds dL/dz; z = mu + sigma * eps elementwise, with sigma = exp(logvar / 2).
+    # HINT Return dmu and dlogvar, each shaped like dz: the chain rule through dz/dmu and dz/dlogvar.
+    dmu = dz                                                  # dz/dmu = 1
+    dlogvar = dz * eps * (0.5 * xp_of(logvar).exp(0.5 * logvar))   # dz/dlogvar = eps exp(logvar/2) / 2
+    return dmu, dlogvar
     # END SOLUTION
 
 
@@ -291,9 +310,8 @@ class DiagGaussian:
         dz/dmu = 1, dz/dlogvar = 1/2 exp(logvar/2) eps; extra sample axes of dz are summed.
         """
         _check_event(dz, "dz", self.shape[-1:], self.shape)
-        dmu = _sum_to(dz, self.shape)
-        dlogvar = _sum_to(dz * eps, self.shape) * (0.5 * self.std)
-        return dmu, dlogvar
+        dmu, dlogvar = reparameterize_backward(dz, eps, self.logvar)
+        return _sum_to(dmu, self.shape), _sum_to(dlogvar, self.shape)
 
     def sample(self, rng, sample_shape=()):
         """A draw z = mu + sigma eps with eps from ``rng`` (a numpy Generator); shape sample_shape + (..., D)."""
@@ -308,9 +326,7 @@ class DiagGaussian:
         z: (..., D) broadcasting against mu.  Returns (...,), summed over D.
         """
         _check_event(z, "z", self.shape[-1:], self.shape)
-        xp = xp_of(z, self.mu)
-        diff = z - self.mu
-        return -0.5 * xp.sum(LOG_2PI + self.logvar + diff * diff * xp.exp(-self.logvar), axis=-1)
+        return gaussian_log_prob(z, self.mu, self.logvar)
 
     def log_prob_grad(self, z, weight=None):
         """Gradients of sum(weight * log_prob(z)) w.r.t. z, mu and logvar: (dz, dmu, dlogvar).

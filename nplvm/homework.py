@@ -24,6 +24,7 @@ own (the gradient checks above all), so the grader is the test suite.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -33,15 +34,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE_DIRS = ("nplvm", "kernels")          # where solution regions may live
+SOURCE_DIRS = ("nplvm", "kernels", "lessons")      # where solution regions may live (*.py)
+MARKDOWN = ("README.md", "docs")                    # Markdown files and folders with regions too
+MARKER_FILE = ".homework.json"                      # written by make: which assignment a copy is
 
-BEGIN = re.compile(r"^(?P<indent>[ \t]*)# SOLUTION (?P<id>[a-z0-9][a-z0-9-]*): (?P<what>.+?)\s*$")
-END = re.compile(r"^[ \t]*# END SOLUTION\s*$")
+# kind -> (begin, end) patterns; a begin gives the indent, the region id and its text.
+_ID = r"(?P<id>[a-z0-9][a-z0-9-]*)"
+PATTERNS = {
+    "solution": (re.compile(rf"^(?P<indent>[ \t]*)# SOLUTION {_ID}: (?P<what>.+?)\s*$"),
+                 re.compile(r"^[ \t]*# END SOLUTION\s*$")),
+    "twin": (re.compile(rf"^(?P<indent>[ \t]*)# TWIN {_ID}:(?P<what>.*?)\s*$"),
+             re.compile(r"^[ \t]*# END TWIN\s*$")),
+    "markdown": (re.compile(rf"^(?P<indent>[ \t]*)<!-- SOLUTION {_ID}: (?P<what>.+?)\s*-->\s*$"),
+                 re.compile(r"^[ \t]*<!-- END SOLUTION -->\s*$")),
+}
+BEGIN, END = PATTERNS["solution"]
 HINT = re.compile(r"^[ \t]*# HINT")
 
 # Everything copied into a student copy, and everything that is not.
-IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache",
-                                ".hypothesis", "*.egg-info", "figures", "runs", "out", "build")
+_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache",
+                                 ".hypothesis", "*.egg-info", "figures", "runs", "out", "build",
+                                 MARKER_FILE)
+
+
+def IGNORE(folder, names):
+    """What copytree leaves out; Numba's compiled kernels (kernels/__pycache__/*.nbi, *.nbc) are
+    kept: Numba checks them against the source file's time stamp (copytree keeps it), so a copy
+    whose kernels are unchanged runs without compiling them again, and a changed file recompiles."""
+    ignored = set(_IGNORE(folder, names))
+    if Path(folder).name == "kernels" and "__pycache__" in names:
+        ignored.discard("__pycache__")
+    if Path(folder).name == "__pycache__" and Path(folder).parent.name == "kernels":
+        ignored |= {n for n in names if not n.endswith((".nbi", ".nbc"))}
+    return ignored
 
 
 @dataclass(frozen=True)
@@ -51,49 +76,53 @@ class Assignment:
     regions: tuple[str, ...]
     tests: tuple[str, ...]          # pytest node ids or files, relative to the project root
     select: str = ""                # an optional pytest -k expression
+    lesson: str = ""                # the lesson that runs this code (its --quick mode fails in a copy)
 
 
 ASSIGNMENTS: dict[str, Assignment] = {
     "layer-backward": Assignment(
         "Backward pass of the fused linear layer y = act(x W + b): dx, dW, db",
         regions=("layer-backward",),
-        tests=("tests/test_nn.py",), select="linear or mlp or Linear or MLP"),
+        tests=("tests/test_nn.py",), select="linear or mlp or Linear or MLP",
+        lesson="lessons/03_vae_mnist.py"),
     "gru-backward": Assignment(
         "Backward pass of one GRU step: dx, dh_prev and every parameter gradient",
         regions=("gru-backward",),
-        tests=("tests/test_nn.py",), select="gru or GRU"),
+        tests=("tests/test_nn.py",), select="gru or GRU", lesson="lessons/09_vrnn.py"),
     "kl-gradient": Assignment(
-        "KL(N(mu, e^logvar) || N(0, I)) in closed form and its gradients w.r.t. mu and logvar",
+        "The KL between two diagonal Gaussians in closed form and its gradients (the VAE's KL to "
+        "N(0, I) is the special case)",
         regions=("kl-gradient",),
-        tests=("tests/test_distributions.py",), select="kl_std_normal"),
+        tests=("tests/test_distributions.py",), select="kl", lesson="lessons/02_kl_gaussian.py"),
     "fa-em": Assignment(
         "Factor Analysis EM: the E-step (posterior mean and covariance) and the M-step (W, psi)",
         regions=("fa-estep", "fa-mstep"),
-        tests=("tests/test_fa.py",)),
+        tests=("tests/test_fa.py",), lesson="lessons/01_factor_analysis.py"),
     "vae-reparam-gradient": Assignment(
-        "The VAE's reparameterized gradient: from dL/dz back to dL/dmu and dL/dlogvar",
+        "The reparameterized gradient: from dL/dz back to dL/dmu and dL/dlogvar",
         regions=("vae-reparam-gradient",),
-        tests=("tests/test_vae.py",), select="grad"),
+        tests=("tests/test_vae.py",), select="grad", lesson="lessons/03_vae_mnist.py"),
     "iwae-gradient": Assignment(
         "The IWAE gradient through the normalized importance weights",
         regions=("iwae-gradient",),
-        tests=("tests/test_vae.py",), select="iwae"),
+        tests=("tests/test_vae.py",), select="iwae", lesson="lessons/05_iwae.py"),
     "gmvae-gradient": Assignment(
         "The GMVAE gradient with y summed exactly: through q(y|x) and, per component, by reparameterization",
         regions=("gmvae-gradient",),
-        tests=("tests/test_gmvae.py",), select="grad"),
+        tests=("tests/test_gmvae.py",), select="grad", lesson="lessons/08_gmvae.py"),
     "gmvae-yhead": Assignment(
         "Fitting q(y|x) to given responsibilities: the cross-entropy gradient through the softmax",
         regions=("gmvae-yhead",),
-        tests=("tests/test_gmvae.py",), select="y_head"),
+        tests=("tests/test_gmvae.py",), select="y_head", lesson="lessons/08_gmvae.py"),
     "vrnn-bptt": Assignment(
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),
-        tests=("tests/test_vrnn.py",), select="grad"),
+        tests=("tests/test_vrnn.py",), select="grad", lesson="lessons/09_vrnn.py"),
     "factorvae-tc-gradient": Assignment(
         "FactorVAE: the gradient of the total-correlation term gamma * mean T(z) through the discriminator",
         regions=("factorvae-tc-gradient",),
-        tests=("tests/test_factorvae.py",), select="gradient or gamma_zero or fit"),
+        tests=("tests/test_factorvae.py",), select="gradient or gamma_zero or fit",
+        lesson="lessons/19_factorvae.py"),
 }
 
 
@@ -105,40 +134,62 @@ class HomeworkError(RuntimeError):
 class Region:
     path: Path            # relative to the project root
     id: str
-    what: str
+    what: str             # the text after the id: what to write (a twin: its replacement statement)
     begin: int            # 0-based line index of the BEGIN marker
     end: int              # 0-based line index of the END marker
     indent: str
+    kind: str = "solution"    # "solution", "twin" or "markdown"
 
 
-def find_regions(root: Path = ROOT) -> list[Region]:
-    """Every solution region under the source folders, in file order; raise on unbalanced markers."""
-    regions = []
+def _source_files(root: Path):
+    """The files that may hold regions: *.py under SOURCE_DIRS, *.md under MARKDOWN."""
     for folder in SOURCE_DIRS:
-        for path in sorted((root / folder).rglob("*.py")):
-            lines = path.read_text().splitlines()
-            open_ = None
-            for i, line in enumerate(lines):
-                m = BEGIN.match(line)
-                if m:
-                    if open_ is not None:
-                        raise HomeworkError(f"{path}:{i + 1}: SOLUTION inside another SOLUTION region "
-                                            f"(opened at line {open_[0] + 1})")
-                    open_ = (i, m)
-                elif END.match(line):
-                    if open_ is None:
-                        raise HomeworkError(f"{path}:{i + 1}: END SOLUTION without a SOLUTION")
-                    j, m0 = open_
-                    regions.append(Region(path.relative_to(root), m0["id"], m0["what"], j, i,
-                                          m0["indent"]))
-                    open_ = None
-            if open_ is not None:
-                raise HomeworkError(f"{path}:{open_[0] + 1}: SOLUTION region never closed")
+        yield from (p for p in sorted((root / folder).rglob("*.py"))
+                    if p.relative_to(root) != Path("nplvm/homework.py"))   # its docstring shows markers
+    for name in MARKDOWN:
+        p = root / name
+        yield from ([p] if p.is_file() else sorted(p.rglob("*.md")) if p.is_dir() else [])
+
+
+def _file_regions(path: Path, root: Path) -> list[Region]:
+    kinds = ("markdown",) if path.suffix == ".md" else ("solution", "twin")
+    regions, open_ = [], None
+    for i, line in enumerate(path.read_text().splitlines()):
+        for kind in kinds:
+            begin, end = PATTERNS[kind]
+            m = begin.match(line)
+            if m:
+                if open_ is not None:
+                    raise HomeworkError(f"{path}:{i + 1}: {kind.upper()} inside another region "
+                                        f"(opened at line {open_[0] + 1})")
+                open_ = (i, m, kind)
+            elif end.match(line):
+                if open_ is None or open_[2] != kind:
+                    raise HomeworkError(f"{path}:{i + 1}: END {kind.upper()} without a {kind.upper()}")
+                j, m0, _ = open_
+                regions.append(Region(path.relative_to(root), m0["id"], m0["what"].strip(), j, i,
+                                      m0["indent"], kind))
+                open_ = None
+    if open_ is not None:
+        raise HomeworkError(f"{path}:{open_[0] + 1}: SOLUTION region never closed")
     return regions
 
 
+def find_regions(root: Path = ROOT) -> list[Region]:
+    """Every region (solution, twin, Markdown) in the project, in file order; raise on unbalanced markers."""
+    return [r for path in _source_files(Path(root)) for r in _file_regions(path, Path(root))]
+
+
 def stub_lines(region: Region, body: list[str]) -> list[str]:
-    """What replaces a region's body in the student copy: its hints, then the raise."""
+    """What replaces a region's body in the student copy.
+
+    solution: its hints, then the raise; twin: its statement (nothing if empty); Markdown: a line
+    saying what was left out.
+    """
+    if region.kind == "twin":
+        return [f"{region.indent}{region.what}"] if region.what else []
+    if region.kind == "markdown":
+        return [f"*(Left out of this student copy: homework `{region.id}`, {region.what}.)*"]
     hints = [line for line in body if HINT.match(line)]
     msg = f"not implemented yet: {region.what} (homework '{region.id}')"
     return hints + [f"{region.indent}raise NotImplementedError({msg!r})"]
@@ -163,7 +214,9 @@ def get_assignment(name: str) -> Assignment:
 def make(name: str, out_dir, root: Path = ROOT) -> list[Region]:
     """Write a student copy of the project to out_dir with assignment ``name``'s regions stubbed.
 
-    The project itself is only read.  Returns the regions that were replaced.
+    Every region of the assignment's ids is replaced, twins and Markdown included, and
+    ``.homework.json`` names the assignment.  The project itself is only read.  Returns the
+    regions that were replaced.
     """
     assignment = get_assignment(name)
     out = Path(out_dir).resolve()
@@ -172,7 +225,7 @@ def make(name: str, out_dir, root: Path = ROOT) -> list[Region]:
     if out.exists() and any(out.iterdir()):
         raise HomeworkError(f"{out} exists and is not empty; choose a new folder")
     regions = [r for r in find_regions(root) if r.id in assignment.regions]
-    missing = set(assignment.regions) - {r.id for r in regions}
+    missing = set(assignment.regions) - {r.id for r in regions if r.kind == "solution"}
     if missing:
         raise HomeworkError(f"assignment {name!r} names regions with no markers in the source: "
                             f"{sorted(missing)}")
@@ -180,16 +233,33 @@ def make(name: str, out_dir, root: Path = ROOT) -> list[Region]:
     for path in sorted({r.path for r in regions}):
         mine = [r for r in regions if r.path == path]
         (out / path).write_text(strip_regions((root / path).read_text(), mine))
+    (out / MARKER_FILE).write_text(json.dumps({"assignment": name, "regions": list(assignment.regions)},
+                                              indent=1) + "\n")
     return regions
+
+
+def copy_assignment(copy_dir):
+    """The assignment a folder is a student copy of (from ``.homework.json``), or None."""
+    try:
+        return json.loads((Path(copy_dir) / MARKER_FILE).read_text())["assignment"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def grade(name: str, copy_dir, extra_args=()) -> subprocess.CompletedProcess:
     """Run assignment ``name``'s tests in a student copy; returns the finished pytest process.
 
-    The NumPy reference kernels are used (NPLVM_KERNELS=reference): grading checks the math,
-    and a fresh copy then pays no Numba compilation.
+    Raises HomeworkError when copy_dir is not a student copy of that assignment (the solutions
+    themselves would pass, which grades nothing).  The NumPy reference kernels are used
+    (NPLVM_KERNELS=reference): a fresh copy then pays no Numba compilation; the fast kernels
+    call the same student code in a copy (twins), so plain ``pytest`` fails and passes alike.
     """
     assignment = get_assignment(name)
+    made_for = copy_assignment(copy_dir)
+    if made_for != name:
+        what = (f"a student copy of {made_for!r}" if made_for else
+                f"not a student copy (no {MARKER_FILE}; `python -m nplvm.homework make {name} DIR` writes one)")
+        raise HomeworkError(f"{Path(copy_dir).resolve()} is {what}, not of assignment {name!r}")
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *assignment.tests]
     if assignment.select:
         cmd += ["-k", assignment.select]

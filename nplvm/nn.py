@@ -30,7 +30,7 @@ seed hold the same numbers up to rounding.
 Public API
 ----------
 Parameter(value)                      .value, .grad
-Module                                parameters(), param_arrays(), grad_arrays(), zero_grad(),
+Module                                parameters(), param_arrays(), grad_arrays(), zero_grad(), release_grads(), take_grads(),
                                       astype(dtype), load_param_arrays(arrays)
 Linear(n_in, n_out, rng, dtype, activation, init)   fused y = act(x W + b) (kernels.linear_*)
 ReLU, Tanh, Sigmoid, Softplus, ELU, Identity        standalone activations, no parameters
@@ -95,6 +95,14 @@ class Parameter:
     def dtype(self):
         return self.value.dtype
 
+    def add_grad(self, g):
+        """grad += g.  After ``Module.release_grads`` (grad None) g itself becomes the gradient:
+        g must then be an array this call made (a layer's fresh dW), never a view of another."""
+        if self.grad is None:
+            self.grad = g
+        else:
+            self.grad += g
+
     def __repr__(self):
         return f"Parameter(shape={tuple(self.value.shape)}, dtype={self.value.dtype})"
 
@@ -144,15 +152,37 @@ class Module:
     def zero_grad(self):
         """Set every gradient to zero in place (arrays from ``grad_arrays`` stay valid)."""
         for p in self.parameters().values():
-            p.grad[...] = 0
+            if p.grad is None:
+                p.grad = xp_of(p.value).zeros_like(p.value)
+            else:
+                p.grad[...] = 0
         return self
+
+    def release_grads(self):
+        """Forget the gradients without touching their arrays: the next backward writes into new
+        arrays (``Parameter.add_grad``), so gradients a caller took from an earlier call stay as
+        they were.  This is how a model's ``loss`` returns gradient arrays the caller owns, with
+        no copy and no zero fill.  Collect them with ``take_grads``."""
+        for p in self.parameters().values():
+            p.grad = None
+        return self
+
+    def take_grads(self, prefix=""):
+        """name -> this call's gradient (zeros for a parameter no backward reached), keyed like
+        ``param_arrays`` with ``prefix`` in front."""
+        out = {}
+        for k, p in self.parameters().items():
+            if p.grad is None:
+                p.grad = xp_of(p.value).zeros_like(p.value)
+            out[prefix + k] = p.grad
+        return out
 
     def astype(self, dtype):
         """Cast every parameter (value and grad) to float32 or float64, in place; returns self."""
         dt = check_dtype(dtype)
         for p in self.parameters().values():
             p.value = p.value.astype(dt)
-            p.grad = p.grad.astype(dt)
+            p.grad = None if p.grad is None else p.grad.astype(dt)
         return self
 
     class _ParamDtype:
@@ -408,11 +438,12 @@ class Linear(Module):
         """
         x, y = cache
         _check_grad(dy, "dy", y)
-        # The math is kernels.reference.linear_backward (homework 'layer-backward'); the kernel
-        # returns this call's dW and db, which are added: a reused layer sums its gradients.
+        # The math is kernels.reference.linear_backward (homework 'layer-backward'), the one
+        # function that holds it (the Numba and CUDA kernels are its fast twins); it returns
+        # this call's dW and db, which are added: a reused layer sums its gradients.
         dx, dW, db = kernels.linear_backward(dy, x, self.W.value, y, self.activation, need_dx)
-        self.W.grad += dW                             # dL/dW = x^T dh, summed over uses
-        self.b.grad += db                             # dL/db = sum_n dh
+        self.W.add_grad(dW)                           # dL/dW = x^T dh, summed over uses
+        self.b.add_grad(db)                           # dL/db = sum_n dh
         return dx                                     # dL/dx = dh W^T
 
     def __repr__(self):
@@ -656,6 +687,7 @@ def gru_step_backward(fused, dh_new, h, gates, da=None):
     xp = xp_of(h)
     if da is None:
         da = xp.empty_like(gates)
+    # SOLUTION gru-backward: the fused GRU step's backward (the same math as gru_backward, gates stacked)
     r, u, c = gates
     da_r, da_u, da_c = da
     one_minus_u = xp.subtract(1, u)                    # reused by sigma'(a_u) and the direct path
@@ -680,6 +712,7 @@ def gru_step_backward(fused, dh_new, h, gates, da=None):
     drh *= r                                           # through r * h: d(r * h) * r
     dh += drh
     return da, dh
+    # END SOLUTION
 
 
 def gru_input_grad(fused, da, add_to=None):
@@ -712,11 +745,13 @@ def gru_fused_grads(grads, x, h, rh, da):
         raise DataError(f"expected x of shape (M, {n_in}), h and rh of shape (M, {H}) and da of shape "
                         f"(3, M, {H}), got x {tuple(x.shape)}, h {tuple(h.shape)}, rh {tuple(rh.shape)} "
                         f"and da {tuple(da.shape)}")
+    # SOLUTION gru-backward: the fused GRU's parameter gradients over many steps
     for g, gate in enumerate(("r", "u", "c")):
         grads[f"W_{gate}"] += x.T @ da[g]
         grads[f"U_{gate}"] += (rh if gate == "c" else h).T @ da[g]
         grads[f"b_{gate}"] += da[g].sum(axis=0)
     return grads
+    # END SOLUTION
 
 class GRUCell(Module):
     """One step of a gated recurrent unit; see ``gru_forward`` for the equations.
@@ -746,6 +781,9 @@ class GRUCell(Module):
 
     def backward(self, dh_new, cache):
         """dL/dh_new (N, H) -> (dL/dx (N, n_in), dL/dh (N, H)); parameter grads accumulate."""
+        for p in self.parameters().values():
+            if p.grad is None:                        # after release_grads: fresh zeros
+                p.grad = xp_of(p.value).zeros_like(p.value)
         return gru_backward(self.param_arrays(), self.grad_arrays(), dh_new, cache)
 
     def __repr__(self):

@@ -40,7 +40,7 @@ import numpy as np
 from .backend import rng as make_rng
 from .backend import to_numpy
 from .checks import DataError, check_array
-from .distributions import logsumexp, softmax
+from .distributions import logsumexp, reparameterize_backward, softmax
 
 __all__ = [
     "iwae_bound", "normalized_weights", "effective_sample_size", "bounds_for_ks",
@@ -276,8 +276,7 @@ def reparameterization_gradient(df_dz, eps, logvar):
     df_dz: (S, ..., L) gradients f'(z_s); eps like it; logvar (..., L).
     Returns (g_mu, g_logvar), each (S, ..., L).  Needs f differentiable in z.
     """
-    sigma = np.exp(0.5 * logvar)
-    return df_dz, df_dz * eps * (0.5 * sigma)
+    return reparameterize_backward(df_dz, eps, logvar)
 
 
 def estimator_summary(samples, axis=0):

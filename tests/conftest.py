@@ -23,3 +23,17 @@ def load_lesson():
         spec.loader.exec_module(module)
         return module
     return load
+
+
+@pytest.fixture(scope="session")
+def run_lesson():
+    """``run_lesson(stem, argv)`` runs lessons/<stem>.py top to bottom (``_common.run_lesson``) with
+    the arguments ``argv`` and returns its ``results`` dict.  Lessons written as notebook cells at
+    the top level are run, not imported."""
+    if str(LESSONS) not in sys.path:
+        sys.path.insert(0, str(LESSONS))
+    import _common
+
+    def run(stem, argv):
+        return _common.run_lesson(LESSONS / f"{stem}.py", argv)
+    return run

@@ -12,7 +12,7 @@ from nplvm.models.gmvae import GMVAE, cluster_accuracy
 
 
 def tiny(seed=1, K=3, L=2, D=12, activation="tanh"):
-    return GMVAE(x_dim=D, n_components=K, z_dim=L, hidden=[7], activation=activation,
+    return GMVAE(x_dim=D, n_components=K, latent=L, hidden=[7], activation=activation,
                  prior_spread=1.0, seed=seed, dtype="float64")
 
 
@@ -43,7 +43,7 @@ def reference_elbo_loop(m, x, eps):
 
     ELBO = sum_y q(y|x) [ log p(x|z_y) - KL(q(z|x,y) || p(z|y)) ] + sum_y q(y|x) (log p(y) - log q(y|x))
     """
-    K, L = m.n_components, m.z_dim
+    K, L = m.n_components, m.latent
     h, _ = m.trunk.forward(x)
     a, _ = m.y_head.forward(h)
     q_y = np.exp(a - a.max(1, keepdims=True))
@@ -132,7 +132,7 @@ def test_score_function_estimator_is_unbiased_with_larger_variance():
 def test_log_weights_sum_y_exactly_against_quadrature():
     """With z 1-D, p(x) = sum_y p(y) int p(x|z) p(z|y) dz by quadrature on a fine grid; the IS
     estimate log mean_s w_s from ``log_weights`` (y summed inside each weight) converges to it."""
-    m = GMVAE(x_dim=8, n_components=3, z_dim=1, hidden=[6], activation="tanh", prior_spread=0.5,
+    m = GMVAE(x_dim=8, n_components=3, latent=1, hidden=[6], activation="tanh", prior_spread=0.5,
               seed=2, dtype="float64")
     x = binary(3, 8, seed=4)
     grid = np.linspace(-12, 12, 20001)[:, None]
@@ -205,7 +205,7 @@ def test_bad_input_errors():
 
 def test_float32_training_step_lowers_the_loss():
     from nplvm.optim import Adam
-    m = GMVAE(x_dim=12, n_components=3, z_dim=2, hidden=[16], seed=0)
+    m = GMVAE(x_dim=12, n_components=3, latent=2, hidden=[16], seed=0)
     x = binary(64, 12).astype(np.uint8)
     opt = Adam(1e-2)
     first = m.loss(x, 0)[0]
@@ -290,7 +290,7 @@ def test_vade_init_recovers_planted_clusters():
     labels = np.repeat([0, 1], 100)
     flip = g.random((200, 20)) < 0.05
     x = np.abs(protos[labels] - flip).astype(np.float64)
-    m = GMVAE(x_dim=20, n_components=2, z_dim=2, hidden=[16], activation="tanh", seed=0)
+    m = GMVAE(x_dim=20, n_components=2, latent=2, hidden=[16], activation="tanh", seed=0)
     info = vade_init(m, x, pretrain_epochs=15, pretrain_beta=0.1, yhead_epochs=15, gmm_inits=3,
                      lr=1e-2, batch_size=50, seed=0, log=None)
     assert info["pretrain_nelbo"][-1] < info["pretrain_nelbo"][0]

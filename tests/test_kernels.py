@@ -271,49 +271,6 @@ def test_linear_tails_vectorize():
     assert any("float" in v for v in vf), f"_bias_act_f32 did not vectorize: {vf}"
 
 
-def test_kl_kernels_vectorize_the_exp():
-    """The float32 KL kernels must run exp32 in SIMD code over flat runs of elements.  Written as
-    one row loop, the loop over the D latent dimensions did vectorize, but at D = 50 a third of
-    every row (exp32 included) fell into LLVM's scalar remainder: 0.14 of the bandwidth floor
-    at (6400, 50).  exp32 builds 2^k with a shift into the exponent bits, so a vectorized exp32
-    shows up as a vector shift; the row-weight and row-sum loops must vectorize too (they did
-    not while indexed as base + j, whose wraparound check Numba cannot drop)."""
-    import re
-    import numba
-    v = np.zeros(64, np.float32)
-    a2 = np.zeros((4, 16), np.float32)
-    cases = (("_gaussian_kl_std_terms_f32", (v,) * 6), ("_gaussian_kl_terms_f32", (v,) * 10))
-    for name, args in cases:
-        kernel = getattr(cpu, name)
-        fresh = numba.njit(**dict(cpu._JIT, cache=False))(kernel.py_func)
-        fresh(*[a.copy() for a in args])
-        ir = fresh.inspect_llvm(fresh.signatures[0])
-        assert re.search(r"<(?:8|16) x float>", ir), f"{name} did not vectorize"
-        assert re.search(r"shl (?:nuw )?(?:nsw )?<(?:8|16) x i32>", ir), f"exp32 in {name} is not SIMD"
-    vs = _vector_types_in_fresh_compile(cpu._spread_row_weights, v[:4].copy(), a2.copy())
-    vr = _vector_types_in_fresh_compile(cpu._half_row_sums, a2.copy(), v[:4].copy())
-    assert any("float" in t for t in vs), f"_spread_row_weights did not vectorize: {vs}"
-    assert any("double" in t for t in vr), f"_half_row_sums did not vectorize: {vr}"
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(3, cpu._KL_BLOCK + 7), (2 * cpu._KL_BLOCK // 50 + 5, 50)])
-def test_kl_blocks_edges(dtype, shape):
-    """Rows longer than a block (one row per block) and a last block part-filled: the blocked
-    KL kernels still equal the reference, weights included, and non-contiguous input works."""
-    rng = np.random.default_rng(12)
-    m, s, n, t = (rng.standard_normal(shape).astype(dtype) for _ in range(4))
-    weight = rng.random(shape[0])
-    got = cpu.gaussian_kl_std(m, s, weight)
-    want = truth(ref.gaussian_kl_std, m, s, weight=weight)
-    for g, w in zip(got, want):
-        assert_close(g, w, dtype, scale=np.abs(w).max() + 1.0)
-    got = cpu.gaussian_kl(m, s, np.asfortranarray(n), t, weight)
-    want = truth(ref.gaussian_kl, m, s, n, t, weight=weight)
-    for g, w in zip(got, want):
-        assert_close(g, w, dtype, scale=np.abs(w).max() + 1.0)
-
-
 def test_bernoulli_nll_fortran_ordered_input():
     """x gathered from a Fortran-ordered data set (as np.load returns one saved that way): the
     wrapper hands the kernel row-major copies, and the result is the same."""

@@ -6,9 +6,9 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory, load_lesson):
+def result(tmp_path_factory, run_lesson):
     out = tmp_path_factory.mktemp("lesson01")
-    return load_lesson("01_factor_analysis").main(["--quick", "--out", str(out), "--seed", "0"])
+    return run_lesson("01_factor_analysis", ["--quick", "--out", str(out), "--seed", "0"])
 
 
 def test_every_check_holds(result):

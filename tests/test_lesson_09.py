@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 
 
-def test_lesson_09_quick(tmp_path, load_lesson):
-    result = load_lesson("09_vrnn").main(["--quick", "--out", str(tmp_path), "--seed", "0"])
+def test_lesson_09_quick(tmp_path, run_lesson):
+    result = run_lesson("09_vrnn", ["--quick", "--out", str(tmp_path), "--seed", "0"])
     checks = result["checks"]
     failed = [k for k, r in checks.items() if not r["ok"]]
     assert not failed, f"lesson checks failed: {failed}"

@@ -21,12 +21,12 @@ import pytest
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_quick(lesson, tmp_path):
-    res = lesson.main(["--quick", "--out", str(tmp_path), "--seed", "0"])
+def run_quick(run_lesson, stem, tmp_path):
+    res = run_lesson(stem, ["--quick", "--out", str(tmp_path), "--seed", "0"])
     failed = {k: v for k, v in res["checks"].items() if not v["ok"]}
-    assert not failed, f"{lesson.__name__}: checks failed: {failed}"
+    assert not failed, f"{stem}: checks failed: {failed}"
     assert res["all_ok"] is True
-    assert res["figures"], f"{lesson.__name__} wrote no figure"
+    assert res["figures"], f"{stem} wrote no figure"
     for f in res["figures"]:
         path = Path(f)
         assert path.parent == tmp_path, f"{f} not under --out {tmp_path}"
@@ -35,8 +35,8 @@ def run_quick(lesson, tmp_path):
     return res
 
 
-def test_02_kl_gaussian(tmp_path, load_lesson):
-    res = run_quick(load_lesson("02_kl_gaussian"), tmp_path)
+def test_02_kl_gaussian(tmp_path, run_lesson):
+    res = run_quick(run_lesson, "02_kl_gaussian", tmp_path)
     mu, sigma = 1.0, 0.6
     assert res["kl_1d"] == pytest.approx((sigma ** 2 + mu ** 2 - 1) / 2 - np.log(sigma), abs=1e-15)
     for est, se in zip(res["kl_1d_mc"], res["kl_1d_se"]):          # MC within 4 standard errors
@@ -56,8 +56,8 @@ def test_02_kl_gaussian(tmp_path, load_lesson):
     assert abs(res["jensen_log_mean_w"]) <= 4 * se_log_mean_w
 
 
-def test_06_importance_sampling(tmp_path, load_lesson):
-    res = run_quick(load_lesson("06_importance_sampling"), tmp_path)
+def test_06_importance_sampling(tmp_path, run_lesson):
+    res = run_quick(run_lesson, "06_importance_sampling", tmp_path)
     L, se, log_px = res["L"], res["L_se"], res["log_px"]
     # the k-sample bound: L_1 <= L_5 <= L_50 <= L_200 <= log p(x), within 3 SE of each difference
     ks = [1, 5, 50, 200]
@@ -84,8 +84,8 @@ def test_06_importance_sampling(tmp_path, load_lesson):
         assert central < 1e-7, (name, central)
 
 
-def test_07_amortization_gap(tmp_path, load_lesson):
-    res = run_quick(load_lesson("07_amortization_gap"), tmp_path)
+def test_07_amortization_gap(tmp_path, run_lesson):
+    res = run_quick(run_lesson, "07_amortization_gap", tmp_path)
     assert max(res["grad_errors"]) < 1e-7
     amort, amort_se = res["amortization_gap"], res["amortization_gap_se"]
     approx, approx_se = res["approximation_gap"], res["approximation_gap_se"]
@@ -106,8 +106,8 @@ def test_07_amortization_gap(tmp_path, load_lesson):
             assert loglik >= elbo - 1e-10, label
 
 
-def test_10_beta_vae(tmp_path, load_lesson):
-    res = run_quick(load_lesson("10_beta_vae"), tmp_path)
+def test_10_beta_vae(tmp_path, run_lesson):
+    res = run_quick(run_lesson, "10_beta_vae", tmp_path)
     rows = res["curve"]
     assert [r["beta"] for r in rows] == sorted(r["beta"] for r in rows) and len(rows) >= 3
     for r in rows:                                                  # loss = D + beta R, same eps

@@ -11,17 +11,18 @@ from nplvm.distributions import DiagGaussian
 from nplvm.gradcheck import assert_model_grads
 from nplvm.models import build, get_class
 from nplvm.models.vrnn import VRNN
+from nplvm.models.vrnn_fast import VRNNFast
 from nplvm.nn import gru_forward
 
-SMALL = dict(n_latent=3, n_hidden=5, n_features=4, n_mlp=6, activation="tanh", dtype="float64")
+SMALL = dict(latent=3, rnn_hidden=5, features=4, hidden=(6,), activation="tanh", dtype="float64")
 
 
 def binary(n, d, seed=0, p=0.4):
     return (np.random.default_rng(seed).random((n, d)) < p).astype(np.uint8)
 
 
-def small_model(T, D, seed=1, **kw):
-    return VRNN(n_steps=T, row_size=D, **{**SMALL, **kw}, seed=seed)
+def small_model(T, D, seed=1, cls=VRNN, **kw):
+    return cls(x_dim=T * D, row_size=D, **{**SMALL, **kw}, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,6 +60,23 @@ def test_gradient_reaches_the_first_step_through_the_recurrence():
     t1 = m.step_terms(x, 0)
     t2 = m2.step_terms(x2, 0)
     assert not np.allclose(t1["kl"][:, 1:], t2["kl"][:, 1:])     # later steps see the first row
+
+
+@pytest.mark.parametrize("T, D, N, seed", [(3, 5, 4, 1), (28, 28, 3, 2)])
+def test_fast_twin_equals_the_readable_model(T, D, N, seed):
+    """VRNNFast (fused, batched) computes what VRNN (the step loop) computes: the same loss and
+    every gradient, float64, to 1e-12 relative, with the same parameters from the same config."""
+    slow, fast = small_model(T, D, seed=seed), small_model(T, D, seed=seed, cls=VRNNFast)
+    x = binary(N, T * D, seed=seed, p=0.3)
+    l_slow, g_slow = slow.loss(x, 9)
+    l_fast, g_fast = fast.loss(x, 9)
+    assert l_fast == pytest.approx(l_slow, rel=1e-12, abs=0)
+    assert set(g_fast) == set(g_slow) == set(slow.params)
+    for k in g_slow:
+        scale = np.abs(g_slow[k]).max()
+        assert scale > 0, k
+        assert np.abs(g_fast[k] - g_slow[k]).max() <= 1e-12 * scale, k
+    assert fast.loss(x, 9, grad=False) == (l_fast, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +121,7 @@ def test_loss_matches_step_by_step_equations():
 
 
 def test_loss_is_deterministic_and_float32_trains():
-    m = VRNN(n_steps=28, row_size=28, n_latent=4, n_hidden=16, n_features=8, n_mlp=16, seed=0)
+    m = VRNN(latent=4, rnn_hidden=16, features=8, hidden=(16,), seed=0)
     assert m.params["rnn.W_r"].dtype == np.float32 and m.kind == "vrnn"
     x = binary(8, 784, seed=4, p=0.2)
     l1, g1 = m.loss(x, 3)
@@ -126,16 +144,16 @@ def test_loss_is_deterministic_and_float32_trains():
 
 
 def test_training_buffers_are_reused_safely():
-    """loss() reuses its time-major arrays between calls: another batch size in between, or an
-    evaluation pass, must not change the next loss or its gradients."""
-    m = small_model(T=5, D=4, seed=4)
+    """The fast twin's loss() reuses its time-major arrays between calls: another batch size in
+    between, or an evaluation pass, must not change the next loss or its gradients."""
+    m = small_model(T=5, D=4, seed=4, cls=VRNNFast)
     x8, x3 = binary(8, 20, seed=5), binary(3, 20, seed=6)
     l1, g1 = m.loss(x8, 1)
     g1 = {k: v.copy() for k, v in g1.items()}
     m.loss(x3, 2)
     m.step_terms(x3, 3)
     l2, g2 = m.loss(x8, 1)
-    fresh_loss, fresh_grads = build("vrnn", m.config).loss(x8, 1)
+    fresh_loss, fresh_grads = VRNNFast(**m.config).loss(x8, 1)
     assert l1 == l2 == fresh_loss
     for k in g1:
         assert np.array_equal(g1[k], g2[k]) and np.array_equal(g1[k], fresh_grads[k]), k
@@ -150,7 +168,7 @@ def test_log_weights_mean_is_the_elbo_and_is_estimate_is_above_it():
     x = binary(4, 30, seed=6)
     K = 4000
     lw = m.log_weights(x, K, rng=0)
-    assert lw.shape == (K, 4) and lw.dtype == np.float64
+    assert lw.shape == (K, 4) and lw.dtype == np.float64         # the model's dtype
     # E_q[log w] is the ELBO: compare with the loss (analytic KL) averaged over many noise draws
     elbo = -np.mean([m.loss(x, s)[0] for s in range(200)])
     se = lw.mean(axis=1).std() / np.sqrt(K)
@@ -178,7 +196,7 @@ def test_log_weights_do_not_depend_on_the_chunking():
 # ----------------------------------------------------------------------------------------------
 
 def test_generate_shapes_binary_and_seeded():
-    m = VRNN(n_latent=4, n_hidden=16, n_features=8, n_mlp=16, seed=0)
+    m = VRNN(latent=4, rnn_hidden=16, features=8, hidden=(16,), seed=0)
     x, p = m.generate(5, rng=0)
     assert x.shape == p.shape == (5, 784) and x.dtype == np.uint8
     assert set(np.unique(x)) <= {0, 1}
@@ -188,7 +206,7 @@ def test_generate_shapes_binary_and_seeded():
 
 
 def test_complete_keeps_the_observed_rows():
-    m = VRNN(n_latent=4, n_hidden=16, n_features=8, n_mlp=16, seed=0)
+    m = VRNN(latent=4, rnn_hidden=16, features=8, hidden=(16,), seed=0)
     x = binary(3, 784, seed=9, p=0.2)
     out, p = m.complete(x, 14, rng=1)
     assert out.shape == p.shape == (3, 784) and out.dtype == np.uint8
@@ -224,8 +242,12 @@ def test_bad_input_errors_say_what_was_expected():
         m.complete(binary(2, 12), 5, 0)
     with pytest.raises(ValueError, match="n"):
         m.generate(0, 0)
-    with pytest.raises(ValueError, match="n_latent"):
-        VRNN(n_latent=0)
+    with pytest.raises(ValueError, match="latent"):
+        VRNN(latent=0)
+    with pytest.raises(ValueError, match="row_size"):
+        VRNN(x_dim=100, row_size=28)
+    with pytest.raises(ValueError, match="hidden"):
+        VRNN(hidden="wide")
     with pytest.raises(TypeError, match="float32 or float64"):
         VRNN(dtype="int32")
 
@@ -236,8 +258,8 @@ def test_cli_flags_build_the_model():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=4)
     add_model_arguments(parser, cls)
-    args = parser.parse_args(["--n-latent", "3", "--n-hidden", "8", "--n-features", "5", "--n-mlp", "7"])
+    args = parser.parse_args(["--latent", "3", "--rnn-hidden", "8", "--features", "5", "--hidden", "7"])
     config = config_from_args(cls, args, x_dim=784)
-    assert config["n_steps"] == 28 and config["row_size"] == 28 and config["seed"] == 4
+    assert config["x_dim"] == 784 and config["row_size"] == 28 and config["seed"] == 4
     m = build("vrnn", config)
     assert m.config == config and m.params["rnn.U_r"].shape == (8, 8)

@@ -227,7 +227,7 @@ def main(argv=None):
     if args.max_eval is not None and args.max_eval < len(x_eval):
         keep = np.sort(np.random.default_rng(args.seed).permutation(len(x_eval))[:args.max_eval])
         x_eval, y_eval = x_eval[keep], y_eval[keep]      # the test set is sorted by digit
-    model = GMVAE(x_dim=ds.train.shape[1], n_components=args.n_components, z_dim=args.z_dim,
+    model = GMVAE(x_dim=ds.train.shape[1], n_components=args.n_components, latent=args.z_dim,
                   hidden=args.hidden, activation=args.activation, prior_spread=args.prior_spread,
                   seed=args.seed)
     print(f"GMVAE {model.config}, {model.num_parameters()} parameters; train {x_train.shape}, "

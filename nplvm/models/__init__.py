@@ -1,7 +1,13 @@
 """The models, one per file, and a registry that rebuilds a model from its kind and config.
 
-Every model follows the contract in the README: ``params``, ``loss(x, rng) -> (loss, grads)``,
-``kind`` and ``config`` (``build(kind, config)`` returns ``Model(**config)``).
+Every model follows the contract in the README: ``params``, ``loss(x, rng, grad=True) -> (loss,
+grads)`` (gradient arrays the caller owns), ``kind``, ``config`` (``build(kind, config)`` returns
+``Model(**config)``), ``sample(n, rng)`` and ``log_weights(x, K, rng)`` in the model's dtype;
+``tests/test_contract.py`` checks it for every kind listed here.
+
+Factor analysis and PPCA (``nplvm.models.fa``) are fitted in closed form by EM (``.fit``), not by
+the gradient training loop, so they are not kinds here: ``python -m nplvm models`` does not list
+them and ``python -m nplvm train`` does not take them.
 """
 from __future__ import annotations
 
@@ -15,8 +21,6 @@ _MODULES = {
     "iwae": "nplvm.models.vae",
     "gmvae": "nplvm.models.gmvae",
     "vrnn": "nplvm.models.vrnn",
-    "fa": "nplvm.models.fa",
-    "ppca": "nplvm.models.fa",
     "factorvae": "nplvm.models.factorvae",
 }
 

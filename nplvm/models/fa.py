@@ -44,8 +44,8 @@ Public API
 fa_posterior(W, psi) -> (V, Sigma)                        the E-step
 fa_m_step(S_Vt, diag_S, V, Sigma) -> (W, psi)             the M-step (FA; PPCA averages psi)
 ppca_closed_form(S, n_components) -> (W, sigma2)          Tipping & Bishop's ML solution
-FactorAnalysis(n_components, ...)                         kind "fa"; scikit-learn-like face
-PPCA(n_components, method="em" | "closed_form", ...)      kind "ppca"
+FactorAnalysis(n_components, ...)                         scikit-learn-like face; fitted by EM (.fit)
+PPCA(n_components, method="em" | "closed_form", ...)      (not a CLI kind: see nplvm.models)
 gaussian_entropy(S_q), gaussian_kl(m1, S1, m2, S2)        full-covariance Gaussian helpers
 """
 from __future__ import annotations
@@ -54,7 +54,6 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve, eigh, solve
 
 from ..checks import DataError, as_float64_matrix, check_array, check_finite
-from . import register
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -200,7 +199,6 @@ class _SuffStats:
 # The models
 # ----------------------------------------------------------------------------------------------
 
-@register("fa")
 class FactorAnalysis:
     """Factor analysis x = W z + mu + eps, z ~ N(0, I_L), eps ~ N(0, diag(psi)), fitted by EM.
 
@@ -508,7 +506,6 @@ class FactorAnalysis:
                                "first (or build it with n_features=D)")
 
 
-@register("ppca")
 class PPCA(FactorAnalysis):
     """Probabilistic PCA: factor analysis with isotropic noise Psi = sigma^2 I.
 

@@ -66,12 +66,10 @@ import kernels
 
 from ..backend import check_dtype, rng as make_rng
 from ..checks import DataError, check_array, check_binary, check_finite
-from ..distributions import log_softmax, logsumexp, softmax_backward
+from ..distributions import gaussian_log_prob, log_softmax, logsumexp, reparameterize_backward, softmax_backward
 from ..nn import MLP, Module, Parameter
 from . import register
 from .vae import parse_hidden
-
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 def cluster_accuracy(labels, assignments, n_clusters=None):
@@ -112,7 +110,7 @@ class GMVAE(Module):
     Args (all JSON-serialisable; ``GMVAE(**model.config)`` rebuilds the architecture):
         x_dim:        D, the number of binary pixels (784 for MNIST).
         n_components: K, the number of mixture components (values of y).
-        z_dim:        L, the dimension of z.
+        latent:       L, the dimension of z.
         hidden:       widths of the encoder trunk; the decoder mirrors them (L -> reversed -> D).
         activation:   hidden-layer activation ("relu", "tanh", "softplus", "elu", ...).
         beta:         the weight of both KL terms in ``loss`` (1 = the ELBO); ``self.beta`` may be
@@ -126,9 +124,9 @@ class GMVAE(Module):
     prior_logvar (K, L).
     """
 
-    def __init__(self, x_dim=784, n_components=10, z_dim=10, hidden=(256, 256), activation="relu",
+    def __init__(self, x_dim=784, n_components=10, latent=10, hidden=(256, 256), activation="relu",
                  prior_spread=2.0, beta=1.0, seed=0, dtype="float32"):
-        for name, v in (("x_dim", x_dim), ("n_components", n_components), ("z_dim", z_dim)):
+        for name, v in (("x_dim", x_dim), ("n_components", n_components), ("latent", latent)):
             if int(v) != v or v < 1:
                 raise ValueError(f"expected {name} to be a positive integer, got {v!r}")
         if int(n_components) < 2:
@@ -141,10 +139,10 @@ class GMVAE(Module):
         if not np.isfinite(prior_spread) or prior_spread < 0:
             raise ValueError(f"expected prior_spread >= 0, got {prior_spread!r}")
         dt = check_dtype(dtype)
-        self.x_dim, self.n_components, self.z_dim = int(x_dim), int(n_components), int(z_dim)
+        self.x_dim, self.n_components, self.latent = int(x_dim), int(n_components), int(latent)
         self.hidden, self.activation = hidden, activation
         self.prior_spread, self.seed = float(prior_spread), int(seed)
-        D, K, L, H = self.x_dim, self.n_components, self.z_dim, hidden[-1]
+        D, K, L, H = self.x_dim, self.n_components, self.latent, hidden[-1]
         g = make_rng(self.seed)
         self.trunk = MLP([D] + hidden, activation, g, dt, out_activation=activation)   # h(x)
         self.y_head = MLP([H, K], activation, g, dt)                                    # a(x): logits of q(y|x)
@@ -155,12 +153,12 @@ class GMVAE(Module):
         self.prior_mu = Parameter((self.prior_spread * direction).astype(dt))           # mu_y (K, L)
         self.prior_logvar = Parameter(np.zeros((K, L), dtype=dt))                       # logvar_y (K, L)
         self.beta = float(beta)        # KL weight used by loss(); a warm-up schedule changes it
-        self._config = {"x_dim": self.x_dim, "n_components": K, "z_dim": L, "hidden": list(hidden),
+        self._config = {"x_dim": self.x_dim, "n_components": K, "latent": L, "hidden": list(hidden),
                         "activation": activation, "prior_spread": self.prior_spread,
                         "beta": self.beta, "seed": self.seed, "dtype": dt.name}
 
     def __repr__(self):
-        return (f"GMVAE(x_dim={self.x_dim}, n_components={self.n_components}, z_dim={self.z_dim}, "
+        return (f"GMVAE(x_dim={self.x_dim}, n_components={self.n_components}, latent={self.latent}, "
                 f"hidden={self.hidden}, activation={self.activation!r}, beta={self.beta}, "
                 f"dtype={self.dtype.name})")
 
@@ -176,8 +174,13 @@ class GMVAE(Module):
         """name -> live parameter array (the optimiser updates these in place)."""
         return self.param_arrays()
 
+    def _release_grads(self):
+        """The backward that follows writes into new arrays (see ``nn.Module.release_grads``)."""
+        self.release_grads()
+
     def _grads(self):
-        return {k: p.grad.copy() for k, p in self.parameters().items()}
+        """This call's gradients, keyed like ``params``: arrays the caller owns."""
+        return self.take_grads()
 
     def _check_x(self, x):
         """x: (N, D) binary, any real or integer dtype -> the parameters' dtype."""
@@ -207,7 +210,7 @@ class GMVAE(Module):
         weight (M,): what multiplies each row's gradient (q(y|x)/N for the exact sum).
         Returns nll (M,) = -log p(x|z), kl (M,) = KL(q(z|x,y) || p(z|y)), and a cache for backward.
         """
-        L = self.z_dim
+        L = self.latent
         out, c_z = self.z_head.forward(np.concatenate([h_rows, Y], axis=1))
         mu, logvar = out[:, :L], out[:, L:]                    # q(z|x,y) = N(mu, exp(logvar))
         std = np.exp(0.5 * logvar)
@@ -216,25 +219,24 @@ class GMVAE(Module):
         nll, dlogits = kernels.bernoulli_nll(x_rows, logits, weight)          # -log p(x|z)
         mu_p, logvar_p = Y @ self.prior_mu.value, Y @ self.prior_logvar.value  # (mu_y, logvar_y) per row
         kl, dmu_q, dlv_q, dmu_p, dlv_p = kernels.gaussian_kl(mu, logvar, mu_p, logvar_p, beta * weight)
-        return nll, kl, (c_z, c_dec, Y, eps, std, dlogits, dmu_q, dlv_q, dmu_p, dlv_p)
+        return nll, kl, (c_z, c_dec, Y, eps, logvar, dlogits, dmu_q, dlv_q, dmu_p, dlv_p)
 
     def _components_backward(self, cache):
         """Backward of the weighted per-row loss sum_rows w (nll + beta kl): parameter grads
         accumulate; returns dL/dh_rows (M, H)."""
-        c_z, c_dec, Y, eps, std, dlogits, dmu_q, dlv_q, dmu_p, dlv_p = cache
+        c_z, c_dec, Y, eps, logvar, dlogits, dmu_q, dlv_q, dmu_p, dlv_p = cache
         dz = self.decoder.backward(dlogits, c_dec)             # through p(x|z)
-        dmu = dz + dmu_q                                       # z = mu + std * eps
-        dlogvar = dz * eps * 0.5 * std + dlv_q                 # dz/dlogvar = eps * std / 2
-        dinp = self.z_head.backward(np.concatenate([dmu, dlogvar], axis=1), c_z)
-        self.prior_mu.grad += Y.T @ dmu_p                      # scatter rows back to their y
-        self.prior_logvar.grad += Y.T @ dlv_p
+        dmu, dlogvar = reparameterize_backward(dz, eps, logvar)   # z = mu + exp(logvar / 2) * eps
+        dinp = self.z_head.backward(np.concatenate([dmu + dmu_q, dlogvar + dlv_q], axis=1), c_z)
+        self.prior_mu.add_grad(Y.T @ dmu_p)                    # scatter rows back to their y
+        self.prior_logvar.add_grad(Y.T @ dlv_p)
         return dinp[:, :dinp.shape[1] - self.n_components]    # the h part of [h, onehot(y)]
 
     def _stack(self, x, h, eps):
         """The K copies of the batch stacked along the batch axis: row k*N + n is (x_n, y = k)."""
         K, N = self.n_components, x.shape[0]
         Y = np.repeat(np.eye(K, dtype=self.dtype), N, axis=0)              # (K*N, K)
-        return np.tile(x, (K, 1)), np.tile(h, (K, 1)), Y, eps.reshape(K * N, self.z_dim)
+        return np.tile(x, (K, 1)), np.tile(h, (K, 1)), Y, eps.reshape(K * N, self.latent)
 
     # -- the objective ---------------------------------------------------------------------------
 
@@ -246,7 +248,7 @@ class GMVAE(Module):
         elbo (N,) = sum_k pi_k (-nll_k - kl_z_k) - kl_y (at beta = 1, whatever ``beta`` says).
         """
         x = self._check_x(x)
-        N, K, L = x.shape[0], self.n_components, self.z_dim
+        N, K, L = x.shape[0], self.n_components, self.latent
         eps = self._noise(rng, (K, N, L)) if eps is None else self._check_eps(eps, (K, N, L))
         h, a, log_pi, _ = self._encode(x)
         pi = np.exp(log_pi)
@@ -266,13 +268,13 @@ class GMVAE(Module):
 
         x: (N, D) binary.  rng: seed or Generator for eps (K, N, L), one noise vector per
         (component, example); pass ``eps`` to fix it.  beta: KL weight (default ``self.beta``).
-        Returns (loss: float, grads: dict like ``params``).
+        Returns (loss: float, grads: dict like ``params``, new arrays the caller owns; None
+        with ``grad=False``, which skips the backward pass).
         """
         x = self._check_x(x)
         beta = self.beta if beta is None else float(beta)
-        N, K, L = x.shape[0], self.n_components, self.z_dim
+        N, K, L = x.shape[0], self.n_components, self.latent
         eps = self._noise(rng, (K, N, L)) if eps is None else self._check_eps(eps, (K, N, L))
-        self.zero_grad()
         h, a, log_pi, (c_trunk, c_y) = self._encode(x)
         pi = np.exp(log_pi)                                    # q(y|x) (N, K)
         xs, hs, Y, es = self._stack(x, h, eps)
@@ -283,6 +285,7 @@ class GMVAE(Module):
         loss = float(((pi * ell).sum(axis=1) + beta * kl_y).mean())
         if not grad:
             return loss, None
+        self._release_grads()
         # SOLUTION gmvae-gradient: the exact-sum gradient: through the weights q(y|x) and, per component, by reparameterization
         # through the weights: dloss/dpi_k = l_k + beta (log pi_k + log K + 1), then softmax backward
         g = (ell + beta * (log_pi + math.log(K) + 1.0)) / N
@@ -311,9 +314,9 @@ class GMVAE(Module):
         x = self._check_x(x)
         beta = self.beta if beta is None else float(beta)
         g = make_rng(rng)
-        N, K, L = x.shape[0], self.n_components, self.z_dim
+        N, K, L = x.shape[0], self.n_components, self.latent
         eps = self._noise(g, (K, N, L)) if eps is None else self._check_eps(eps, (K, N, L))
-        self.zero_grad()
+        self._release_grads()
         h, a, log_pi, (c_trunk, c_y) = self._encode(x)
         pi = np.exp(log_pi)
         if y is None:                                          # y_n ~ Cat(pi_n), by inverse CDF
@@ -347,9 +350,9 @@ class GMVAE(Module):
         Returns (loss: float, grads: dict like ``params``).
         """
         x = self._check_x(x)
-        N, K, L = x.shape[0], self.n_components, self.z_dim
+        N, K, L = x.shape[0], self.n_components, self.latent
         eps = self._noise(rng, (N, L)) if eps is None else self._check_eps(eps, (N, L))
-        self.zero_grad()
+        self._release_grads()
         h, c_trunk = self.trunk.forward(x)
         Y0 = np.zeros((N, K), dtype=self.dtype)               # no component: p(z|y) -> N(0, I)
         w = np.full(N, 1.0 / N, dtype=self.dtype)
@@ -366,14 +369,14 @@ class GMVAE(Module):
         for i in range(0, x.shape[0], batch_size):
             h, _ = self.trunk.forward(x[i:i + batch_size])
             Y0 = np.zeros((h.shape[0], self.n_components), dtype=self.dtype)
-            out.append(self.z_head.forward(np.concatenate([h, Y0], axis=1))[0][:, :self.z_dim])
+            out.append(self.z_head.forward(np.concatenate([h, Y0], axis=1))[0][:, :self.latent])
         return np.concatenate(out)
 
     def init_prior(self, means, variances):
         """Set p(z|y) = N(means_y, diag variances_y) (e.g. a diagonal GMM fitted to
         ``pretrain_codes``) and zero the z-head's weights on onehot(y), so that at the start
         q(z|x,y) = q(z|x) (the pretrained encoder) for every y.  means, variances: (K, L)."""
-        K, L = self.n_components, self.z_dim
+        K, L = self.n_components, self.latent
         check_array(means, "means", shape=(K, L))
         check_array(variances, "variances", shape=(K, L))
         check_finite(means, "means")
@@ -399,7 +402,7 @@ class GMVAE(Module):
         r = np.asarray(targets, dtype=self.dtype)
         if np.any(r < 0) or not np.allclose(r.sum(axis=1), 1.0, atol=1e-4):
             raise DataError("expected targets with rows on the simplex (>= 0, summing to 1)")
-        self.zero_grad()
+        self._release_grads()
         h, a, log_pi, (c_trunk, c_y) = self._encode(x)
         loss = float(-(r * log_pi).sum(axis=1).mean())
         # SOLUTION gmvae-yhead: the cross-entropy gradient through the softmax: dCE/da = (pi - r) / N
@@ -415,8 +418,8 @@ class GMVAE(Module):
         """Per-example ELBO (N,) with y summed exactly and one z sample per component."""
         return self.elbo_terms(x, rng)["elbo"]
 
-    def log_weights(self, x, n_samples, rng, max_rows=1 << 15):
-        """Log importance weights (S, N) for log p(x), with y summed EXACTLY inside each weight:
+    def log_weights(self, x, K, rng, max_rows=1 << 15):
+        """Log importance weights (K, N) for log p(x) (model dtype), y summed EXACTLY inside each weight:
 
             w_s = sum_y p(y) p(x|z_sy) p(z_sy|y) / q(z_sy|x,y),   z_sy ~ q(z|x,y),
 
@@ -425,11 +428,11 @@ class GMVAE(Module):
         Runs in chunks of samples so that at most ``max_rows`` decoder rows are live at once.
         """
         x = self._check_x(x)
-        S = int(n_samples)
-        if S < 1:
-            raise ValueError(f"expected n_samples >= 1, got {n_samples!r}")
+        if isinstance(K, bool) or int(K) != K or K < 1:
+            raise ValueError(f"expected K (importance samples) to be a positive integer, got {K!r}")
+        S = int(K)                                             # K is the components' count below
         g = make_rng(rng)
-        N, K, L = x.shape[0], self.n_components, self.z_dim
+        N, K, L = x.shape[0], self.n_components, self.latent
         h, _, _, _ = self._encode(x)
         out, _ = self.z_head.forward(np.concatenate(
             [np.tile(h, (K, 1)), np.repeat(np.eye(K, dtype=self.dtype), N, axis=0)], axis=1))
@@ -438,18 +441,17 @@ class GMVAE(Module):
         logvar_p = np.repeat(self.prior_logvar.value, N, axis=0)
         xs = np.tile(x, (K, 1))
         chunk = max(1, int(max_rows) // (K * N))              # samples per decoder pass
-        logw = np.empty((S, N), dtype=np.float64)
+        logw = np.empty((S, N), dtype=self.dtype)                # the model's dtype
         for s0 in range(0, S, chunk):
             c = min(chunk, S - s0)
             eps = g.standard_normal((c, K * N, L)).astype(self.dtype)   # sample-major noise
             z = (mu + np.exp(0.5 * logvar) * eps).reshape(c * K * N, L)
-            e = eps.reshape(c * K * N, L)
             logits, _ = self.decoder.forward(z)
             log_px = -kernels.bernoulli_nll(np.tile(xs, (c, 1)), logits)[0]       # log p(x|z)
             mp, lvp = np.tile(mu_p, (c, 1)), np.tile(logvar_p, (c, 1))
-            log_pz = -0.5 * np.sum(LOG_2PI + lvp + (z - mp) ** 2 * np.exp(-lvp), axis=1)  # log p(z|y)
-            log_qz = -0.5 * np.sum(LOG_2PI + np.tile(logvar, (c, 1)) + e * e, axis=1)    # log q(z|x,y)
-            terms = (log_px + log_pz - log_qz).astype(np.float64).reshape(c, K, N) - math.log(K)
+            log_pz = gaussian_log_prob(z, mp, lvp)                                     # log p(z|y)
+            log_qz = gaussian_log_prob(z, np.tile(mu, (c, 1)), np.tile(logvar, (c, 1)))  # log q(z|x,y)
+            terms = (log_px + log_pz - log_qz).reshape(c, K, N) - math.log(K)
             logw[s0:s0 + c] = logsumexp(terms, axis=1)          # log sum_y p(y) p(x,z|y) / q(z|x,y)
         return logw
 
@@ -463,11 +465,22 @@ class GMVAE(Module):
 
     def decode(self, z):
         """Bernoulli means sigmoid(decoder(z)), (M, D), for z (M, L)."""
-        check_array(z, "z", ndim=2, shape=(None, self.z_dim))
+        check_array(z, "z", ndim=2, shape=(None, self.latent))
         logits, _ = self.decoder.forward(z.astype(self.dtype, copy=False))
         return kernels.reference.sigmoid(logits)
 
-    def sample(self, n_per_component, rng, components=None):
+    def sample(self, n, rng):
+        """n draws from the model, (n, D) Bernoulli means of p(x|z): y ~ p(y) (uniform), then
+        z ~ p(z|y).  ``sample_components`` draws per component instead."""
+        if isinstance(n, bool) or int(n) != n or n < 1:
+            raise ValueError(f"expected n to be a positive integer, got {n!r}")
+        g = make_rng(rng)
+        y = g.integers(0, self.n_components, size=int(n))                    # y ~ Cat(1/K)
+        eps = self._noise(g, (int(n), self.latent))
+        std = np.exp(0.5 * self.prior_logvar.value[y])
+        return self.decode(self.prior_mu.value[y] + std * eps)               # z ~ N(mu_y, var_y)
+
+    def sample_components(self, n_per_component, rng, components=None):
         """Draw z ~ p(z|y) and return the Bernoulli means of p(x|z), one block per component.
 
         Returns (n_components_drawn, n_per_component, D) means for y in ``components``
@@ -477,8 +490,8 @@ class GMVAE(Module):
         n = int(n_per_component)
         if n < 1:
             raise ValueError(f"expected n_per_component >= 1, got {n_per_component!r}")
-        eps = self._noise(rng, (len(comps), n, self.z_dim))
+        eps = self._noise(rng, (len(comps), n, self.latent))
         std = np.exp(0.5 * self.prior_logvar.value[comps])[:, None, :]
         z = self.prior_mu.value[comps][:, None, :] + std * eps                # z ~ N(mu_y, var_y)
-        return self.decode(z.reshape(-1, self.z_dim)).reshape(len(comps), n, self.x_dim)
+        return self.decode(z.reshape(-1, self.latent)).reshape(len(comps), n, self.x_dim)
 

@@ -24,7 +24,8 @@ Backward (gradients of the loss, eps held fixed)
 ------------------------------------------------
     dlogits = (sigmoid(l) - x) / N                                  (kernels.bernoulli_nll)
     dz      = decoder.backward(dlogits)                             (+ beta z / N with kl="mc")
-    dmu     = dz + beta mu / N,   dlogvar = dz * eps * sigma / 2 + beta (e^logvar - 1) / (2N)
+    dmu, dlogvar = the chain rule through z = mu + sigma * eps (distributions.reparameterize_backward)
+                   + the KL's beta mu / N and beta (e^logvar - 1) / (2N)
     encoder.backward([dmu, dlogvar])         (the MC KL: d/dlogvar of -1/2 logvar gives -beta / (2N))
 
 Objective with k > 1: the importance weighted bound (Burda, Grosse & Salakhutdinov, 2016)
@@ -67,8 +68,8 @@ Public API
 ----------
 VAE(x_dim=784, hidden=(512, 512), latent=32, activation="relu", k=1, kl=None, beta=1.0,
     dtype="float32", seed=0)
-    .params / .grads                    name -> live array ("enc.layers.0.W", "dec.layers.2.b", ...)
-    .loss(x, rng) -> (loss, grads)       x: (N, x_dim) binary (uint8, bool or float)
+    .params                             name -> live array ("enc.layers.0.W", "dec.layers.2.b", ...)
+    .loss(x, rng, grad=True) -> (loss, grads)   x: (N, x_dim) binary; grads: new arrays (None if not grad)
     .log_weights(x, K, rng) -> (K, N)    log p(x, z_i) - log q(z_i|x), z_i ~ q (for IS evaluation)
     .encode(x) -> (mu, logvar)           (N, L) each
     .decode_logits(z) -> (N, D);  .decode(z) -> Bernoulli means sigmoid(logits)
@@ -87,7 +88,8 @@ import kernels
 from ..backend import check_dtype
 from ..backend import rng as make_rng
 from ..checks import DataError, check_array, check_binary, check_finite
-from ..distributions import DiagGaussian, logsumexp, softmax
+from ..distributions import (DiagGaussian, gaussian_log_prob, logsumexp, reparameterize_backward, softmax,
+                             std_normal_log_prob)
 from ..nn import MLP
 from . import register
 
@@ -112,13 +114,14 @@ def parse_hidden(text):
     return sizes
 
 
-def _log_prior_minus_log_q(z, eps, logvar):
-    """log N(z | 0, I) - log N(z | mu, diag e^logvar) summed over L, for z = mu + sigma eps.
+def _log_prior_minus_log_q(z, mu, logvar):
+    """log N(z | 0, I) - log N(z | mu, diag e^logvar) summed over L: (...,).
 
-    = sum_l [ -1/2 z_l^2 ] - sum_l [ -1/2 logvar_l - 1/2 eps_l^2 ]   (the 2 pi terms cancel,
-    (z - mu)^2 / sigma^2 = eps^2).  z, eps: (..., L) broadcasting with logvar (N, L).  Returns (...,).
+    z: (..., L) broadcasting with mu, logvar (N, L).  The one Gaussian log-density of
+    ``nplvm.distributions``; with z = mu + sigma eps the 2 pi terms cancel and the difference is
+    1/2 sum (eps^2 + logvar - z^2), which the gradient code uses.
     """
-    return 0.5 * np.sum(eps * eps + logvar - z * z, axis=-1)
+    return std_normal_log_prob(z) - gaussian_log_prob(z, mu, logvar)
 
 
 @register("vae")
@@ -165,11 +168,10 @@ class VAE:
         self.encoder = MLP([self.x_dim, *hidden, 2 * L], activation, g, self.dtype)
         self.decoder = MLP([L, *reversed(hidden), self.x_dim], activation, g, self.dtype)
         # Live arrays, fetched once (Module.parameters() walks the attributes on every call).
-        self.params, self.grads = {}, {}
+        self.params = {}
         for prefix, net in (("enc.", self.encoder), ("dec.", self.decoder)):
             for name, p in net.parameters().items():
                 self.params[prefix + name] = p.value
-                self.grads[prefix + name] = p.grad
 
     def __repr__(self):
         obj = f"IWAE bound k={self.k}" if self.iwae else f"ELBO, kl={self.kl_mode}, beta={self.beta}"
@@ -225,28 +227,36 @@ class VAE:
         return self.decode(mu)
 
     def sample(self, n, rng, binary=False):
-        """n draws from the model: z ~ N(0, I), then the Bernoulli means (or binary x ~ p(x|z))."""
+        """n draws from the model: z ~ N(0, I), then the Bernoulli means (or binary x ~ p(x|z)), (n, D)."""
+        if isinstance(n, bool) or int(n) != n or n < 1:
+            raise ValueError(f"expected n to be a positive integer, got {n!r}")
         g = make_rng(rng)
         z = g.standard_normal((int(n), self.latent), dtype=self.dtype)
         p = self.decode(z)
         return (g.random(p.shape, dtype=self.dtype) < p).astype(np.uint8) if binary else p
 
-    def _zero_grad(self):
-        for g in self.grads.values():
-            g.fill(0)
+    def _release_grads(self):
+        """The backward that follows writes into new arrays (see ``nn.Module.release_grads``)."""
+        self.encoder.release_grads()
+        self.decoder.release_grads()
+
+    def _take_grads(self):
+        """This call's gradients, keyed like ``params``: arrays the caller owns."""
+        return {**self.encoder.take_grads("enc."), **self.decoder.take_grads("dec.")}
 
     # -- the objective -----------------------------------------------------------------------------
     def loss(self, x, rng, grad=True):
         """(loss, grads): the mean negative ELBO (k = 1) or negative k-sample bound, in nats/example.
 
         x: (N, x_dim) binary; rng: a seed or Generator (eps drawn from it, so the same seed gives the
-        same loss).  grads: name -> d loss / d param (the live arrays in ``self.grads``); with
-        grad=False, (loss, None) and no backward pass.
+        same loss).  grads: name -> d loss / d param, new arrays each call (the caller owns them);
+        with ``grad=False`` the backward pass is skipped and grads is None.
         """
         x = self.check_input(x)
         g = make_rng(rng)
         if self.iwae:
-            return self._iwae_loss(x, g.standard_normal((self.k, x.shape[0], self.latent), dtype=self.dtype), grad)
+            return self._iwae_loss(x, g.standard_normal((self.k, x.shape[0], self.latent), dtype=self.dtype),
+                                   grad)
         return self._elbo_loss(x, g.standard_normal((x.shape[0], self.latent), dtype=self.dtype), grad)
 
     def _elbo_loss(self, x, eps, grad=True):
@@ -263,25 +273,22 @@ class VAE:
             # KL = 1/2 sum (e^logvar + mu^2 - 1 - logvar); grads mu and (e^logvar - 1)/2, times beta/N
             kl, dmu_kl, dlogvar_kl = kernels.gaussian_kl_std(mu, logvar, w)
         else:
-            kl = -_log_prior_minus_log_q(z, eps, logvar)              # log q(z|x) - log p(z)
+            kl = -_log_prior_minus_log_q(z, mu, logvar)              # log q(z|x) - log p(z)
             dmu_kl, dlogvar_kl = 0.0, -0.5 * w                        # direct d/dlogvar of -1/2 logvar
         loss = float(np.mean(rec) + self.beta * np.mean(kl))
         if not grad:
             return loss, None
 
-        self._zero_grad()
+        self._release_grads()
         dz = self.decoder.backward(dlogits, dec_cache)                # d loss / dz through log p(x|z)
         if self.kl_mode == "mc":
             dz += w * z                                               # d(-log p(z))/dz = z
-        # SOLUTION vae-reparam-gradient: the gradient of -ELBO w.r.t. mu and logvar through z = mu + exp(logvar/2) * eps
-        # HINT dz (N, L) holds d loss / dz; z = mu + sigma * eps elementwise, with sigma = exp(logvar / 2) in scope.
-        # HINT Define dmu and dlogvar (N, L): the chain rule through dz/dmu and dz/dlogvar.
-        dmu = dz                                                      # dz/dmu = 1
-        dlogvar = dz * eps * (0.5 * sigma)                            # dz/dlogvar = eps exp(logvar/2) / 2
-        # END SOLUTION
+        # z = mu + exp(logvar / 2) * eps: the reparameterization's chain rule (homework
+        # 'vae-reparam-gradient', in nplvm.distributions)
+        dmu, dlogvar = reparameterize_backward(dz, eps, logvar)
         dh = np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1)
         self.encoder.backward(dh, enc_cache, need_dx=False)          # no dx for the data
-        return loss, self.grads
+        return loss, self._take_grads()
 
     def _iwae_loss(self, x, eps, grad=True):
         """-L_k: eps (k, N, L) holds k samples per example; see the module docstring for the gradient."""
@@ -293,13 +300,13 @@ class VAE:
         xk = np.broadcast_to(x, (k, N, self.x_dim)).reshape(k * N, self.x_dim)
         nll, dlogits = kernels.bernoulli_nll(xk, logits)              # unweighted: sigmoid(l) - x
         # log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)
-        log_w = -nll.reshape(k, N) + _log_prior_minus_log_q(z, eps, logvar)     # (k, N)
+        log_w = -nll.reshape(k, N) + _log_prior_minus_log_q(z, mu, logvar)     # (k, N)
         bound = logsumexp(log_w, axis=0) - math.log(k)                # log (1/k) sum_i w_i
         loss = float(-np.mean(bound))
         if not grad:
             return loss, None
 
-        self._zero_grad()
+        self._release_grads()
         # SOLUTION iwae-gradient: the gradient of the k-sample bound through the normalized importance weights
         # HINT d loss / d log w_in = -w~_in / N with w~ = softmax of log_w over the k samples (axis 0).
         # HINT Scale dlogits in place, backpropagate the decoder, add log p(z)'s path term, then sum the
@@ -308,12 +315,12 @@ class VAE:
         dlogits *= g.reshape(k * N, 1)                                # g_i (sigmoid(l_i) - x)
         dz = self.decoder.backward(dlogits, dec_cache).reshape(k, N, L)
         dz += g[:, :, None] * z                                       # -log p(z_i) contributes z_i
-        dmu = dz.sum(axis=0)                                          # dz_i/dmu = 1
-        dlogvar = (dz * eps).sum(axis=0) * (0.5 * sigma)              # dz_i/dlogvar = eps_i sigma / 2
+        dmu, dlogvar = reparameterize_backward(dz, eps, logvar)      # per sample i, (k, N, L)
+        dmu, dlogvar = dmu.sum(axis=0), dlogvar.sum(axis=0)           # z_i = mu + sigma eps_i for every i
         dlogvar -= 0.5 * g.sum(axis=0)[:, None]                       # log q's -1/2 logvar, eps fixed
         # END SOLUTION
         self.encoder.backward(np.concatenate([dmu, dlogvar], axis=1), enc_cache, need_dx=False)
-        return loss, self.grads
+        return loss, self._take_grads()
 
     # -- evaluation --------------------------------------------------------------------------------
     def log_weights(self, x, K, rng):
@@ -330,7 +337,7 @@ class VAE:
         logits = self.decoder.forward(z.reshape(K * N, L))[0]
         xk = np.broadcast_to(x, (K, N, self.x_dim)).reshape(K * N, self.x_dim)
         nll, _ = kernels.bernoulli_nll(xk, logits)
-        return -nll.reshape(K, N) + _log_prior_minus_log_q(z, eps, logvar)
+        return -nll.reshape(K, N) + _log_prior_minus_log_q(z, mu, logvar)          # model dtype
 
     def elbo_terms(self, x, rng, S=1):
         """Monte Carlo and closed-form pieces of the ELBO for S draws per example.
@@ -348,7 +355,7 @@ class VAE:
         logits = self.decoder.forward(z.reshape(S * N, L))[0]
         xk = np.broadcast_to(x, (S, N, self.x_dim)).reshape(S * N, self.x_dim)
         nll, _ = kernels.bernoulli_nll(xk, logits)
-        log_pz = -0.5 * np.sum(z * z + math.log(2 * math.pi), axis=-1)
+        log_pz = std_normal_log_prob(z)
         kl, _, _ = kernels.gaussian_kl_std(mu, logvar)
         return {"log_px_z": -nll.reshape(S, N), "log_pz": log_pz, "log_qz": q.log_prob(z),
                 "entropy": q.entropy(), "kl": kl}

@@ -1,8 +1,9 @@
 """The variational recurrent neural network (VRNN, Chung et al. 2015) on images read row by row.
 
-An image x (784 binary pixels) is read as a sequence x_1:T of T = 28 rows, each x_t in {0, 1}^D
-with D = 28.  Every step has its own Gaussian latent z_t in R^L, and a recurrent state h_t
-(a GRU) carries what the model has seen so far.  With feature extractors phi_x and phi_z:
+An image x (``x_dim`` = 784 binary pixels) is read as a sequence x_1:T of T = x_dim / D rows,
+each x_t in {0, 1}^D with D = ``row_size`` = 28.  Every step has its own Gaussian latent z_t in R^L,
+and a recurrent state h_t (a GRU) carries what the model has seen so far.  With feature
+extractors phi_x and phi_z:
 
     h_t = GRU([phi_x(x_t), phi_z(z_t)], h_{t-1}),   h_0 = 0                           (recurrence)
 
@@ -22,40 +23,31 @@ per step, eps_t ~ N(0, I) (the KL between the two Gaussians is in closed form):
     ELBO(x) = sum_t E_q [ log p(x_t | z_t, h_{t-1}) - KL(q(z_t | .) || p(z_t | h_{t-1})) ]      (*)
 
 ``loss(x, rng)`` returns the mean over images of -ELBO, in nats per image (comparable with the
-VAE's), and its gradient with respect to every parameter, computed by backpropagation through
-time written by hand (see ``_backward``): the reverse loop over t carries dL/dh_t, which every
-later step depends on through the recurrence.
+VAE's), and its gradient with respect to every parameter.
+
+This file is the readable VRNN: ``_step`` is one step of the equations above, ``loss`` runs it
+for t = 1..T keeping each step's caches, and ``_backward`` is backpropagation through time
+written by hand, the reverse loop over t carrying dL/dh_t, which every later step depends on
+through the recurrence.  Each layer (``nn.MLP``, ``nn.GRUCell``) is called once per step with its
+own forward and backward.  ``nplvm.models.vrnn_fast.VRNNFast`` computes the same numbers (tested
+equal to 1e-12 in float64) with the work batched over steps and the GRU's gates stacked: about
+twice as fast, and what the VRNN benchmark trains.
 
 Parameter names: ``phi_x.*``, ``phi_z.*``, ``prior.*``, ``encoder.*``, ``decoder.*`` (MLPs, names
 ``layers.<l>.W`` / ``layers.<l>.b``) and ``rnn.*`` (the GRU cell: ``W_r``, ``U_r``, ``b_r``, ...).
 
 Shapes: N images, T steps, D pixels per row, L latent dims, H GRU state, F features.  Inside,
-arrays are time-major, (T, N, .), so step t is the contiguous slice [t] and a computation that
-does not feed the recurrence runs once on all T*N rows at the end of the loop.
-
-What runs where (a training step): phi_x of all T*N rows in one call before the loop (it reads
-data only), and with it the phi_x part of the GRU's input side, phi_x(x_t) W_g + b_g for the
-three gates g = r, u, c (``nplvm.nn.gru_input_side``); inside the forward loop only what the
-recurrence needs (encoder, z_t, phi_z, the phi_z part of the input side, the GRU's h-side
-products); after it the prior and the decoder in one call each over all T*N rows, and the two
-kernels (Bernoulli NLL, Gaussian KL) once over everything.  The backward mirrors it: decoder and
-prior backward batched first, then the reverse loop over t (the GRU's recurrent products only,
-phi_z, reparameterization, encoder), then, one product each over all T*N rows, the GRU's
-parameter gradients (sum_t x_t^T da_t = X^T dA) and its share of dL/dphi_x, and phi_x backward.
-The training step reuses its large time-major arrays from one call to the next (``_buffers``):
-fresh multi-megabyte arrays cost page faults on first touch.  Measured (``loss`` at batch 100,
-float32, OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1, the default sizes, CPU time on a shared 2-core
-machine, median of 10 interleaved runs of 8 steps): 72 ms per step with the step-by-step
-``gru_forward`` / ``gru_backward`` loop, 64 ms with the fused GRU path and the reused buffers.
+arrays are time-major, (T, N, .), so step t is the slice [t].
 
 Public API
 ----------
-VRNN(n_steps=28, row_size=28, n_latent=16, n_hidden=128, n_features=64, n_mlp=128,
+VRNN(x_dim=784, row_size=28, latent=16, rnn_hidden=128, features=64, hidden=(128,),
      activation="relu", dtype="float32", seed=0)                       kind "vrnn"
-    .params / .grads                         name -> live array ("rnn.U_c", "encoder.layers.0.W", ...)
-    .loss(x, rng) -> (loss, grads)           x: (N, T*D) binary images or (N, T, D) rows
+    .params                                  name -> live array ("rnn.U_c", "encoder.layers.0.W", ...)
+    .loss(x, rng, grad=True) -> (loss, grads)   x: (N, T*D) binary images or (N, T, D) rows
     .log_weights(x, K, rng) -> (K, N)        log p(x, z_1:T) - log q(z_1:T | x), whole trajectories
     .step_terms(x, rng) -> {"nll", "kl"}     (N, T) per-step terms of -ELBO
+    .sample(n, rng, binary=False) -> (n, T*D)   Bernoulli means (or binary pixels), row by row
     .generate(n, rng) -> (x uint8, probs)    (n, T*D) each, row by row from the prior
     .complete(x, n_observed, rng) -> (x uint8, probs)   rows > n_observed from the prior
     .sequences(x) -> (T, N, D)               validated, time-major, model dtype
@@ -68,12 +60,17 @@ import kernels
 
 from ..backend import check_dtype, rng as make_rng
 from ..checks import DataError, check_array, check_binary, check_finite
-from ..distributions import LOG_2PI
-from ..nn import (GRUCell, MLP, Module, gru_fuse, gru_fused_grads, gru_input_grad, gru_input_side,
-                  gru_step_backward, gru_step_forward)
+from ..distributions import gaussian_log_prob, reparameterize_backward
+from ..nn import GRUCell, MLP, Module
 from . import register
 
 __all__ = ["VRNN"]
+
+
+def _positive_int(name, v):
+    if isinstance(v, bool) or int(v) != v or v < 1:
+        raise ValueError(f"expected {name} to be a positive integer, got {v!r}")
+    return int(v)
 
 
 @register("vrnn")
@@ -81,12 +78,12 @@ class VRNN(Module):
     """VRNN with a GRU state, Gaussian latents per step and a Bernoulli decoder per row.
 
     Config (all JSON-serialisable; ``VRNN(**model.config)`` rebuilds the same model):
-      n_steps     T, rows per image (28)
+      x_dim       pixels per image (784); read as T = x_dim / row_size rows
       row_size    D, pixels per row (28); inputs are (N, T*D) images or (N, T, D) sequences
-      n_latent    L, dimension of each z_t
-      n_hidden    H, size of the GRU state h_t
-      n_features  F, output size of phi_x and phi_z
-      n_mlp       width of the hidden layer of phi_x, prior, encoder and decoder
+      latent      L, dimension of each z_t
+      rnn_hidden  H, size of the GRU state h_t
+      features    F, output size of phi_x and phi_z
+      hidden      widths of the hidden layers of phi_x, prior, encoder and decoder (a tuple)
       activation  hidden activation of every MLP (the feature extractors end with it too)
       dtype       "float32" to train, "float64" to check gradients
       seed        seeds the initial weights
@@ -94,39 +91,43 @@ class VRNN(Module):
 
     kind = "vrnn"
 
-    def __init__(self, n_steps=28, row_size=28, n_latent=16, n_hidden=128, n_features=64,
-                 n_mlp=128, activation="relu", dtype="float32", seed=0):
-        for name, v in (("n_steps", n_steps), ("row_size", row_size), ("n_latent", n_latent),
-                        ("n_hidden", n_hidden), ("n_features", n_features), ("n_mlp", n_mlp)):
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"expected {name} to be a positive integer, got {v!r}")
+    def __init__(self, x_dim=784, row_size=28, latent=16, rnn_hidden=128, features=64,
+                 hidden=(128,), activation="relu", dtype="float32", seed=0):
+        x_dim, D = _positive_int("x_dim", x_dim), _positive_int("row_size", row_size)
+        if x_dim % D:
+            raise ValueError(f"expected row_size to divide x_dim (an image of x_dim pixels is read as "
+                             f"x_dim / row_size rows), got x_dim={x_dim} and row_size={D}")
+        L, H = _positive_int("latent", latent), _positive_int("rnn_hidden", rnn_hidden)
+        F = _positive_int("features", features)
+        if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
+            hidden = (hidden,)
+        if not isinstance(hidden, (list, tuple)):
+            raise ValueError(f"expected hidden to be a tuple of layer widths like (128,), got {hidden!r}")
+        hidden = tuple(_positive_int("hidden", h) for h in hidden)
         dt = check_dtype(dtype)
-        self.T, self.D, self.L = int(n_steps), int(row_size), int(n_latent)
-        self.H, self.F, M = int(n_hidden), int(n_features), int(n_mlp)
-        self.config = dict(n_steps=self.T, row_size=self.D, n_latent=self.L, n_hidden=self.H,
-                           n_features=self.F, n_mlp=M, activation=activation, dtype=dt.name,
-                           seed=int(seed))
+        self.T, self.D, self.L, self.H, self.F = x_dim // D, D, L, H, F
+        self.hidden = hidden
+        self.config = dict(x_dim=x_dim, row_size=D, latent=L, rnn_hidden=H, features=F,
+                           hidden=list(hidden), activation=activation, dtype=dt.name, seed=int(seed))
         g = make_rng(int(seed))
-        D, L, H, F = self.D, self.L, self.H, self.F
         # feature extractors: phi_x(x_t), phi_z(z_t), both ending with the hidden activation
-        self.phi_x = MLP([D, M, F], activation, g, dt, out_activation=activation)
+        self.phi_x = MLP([D, *hidden, F], activation, g, dt, out_activation=activation)
         self.phi_z = MLP([L, F], activation, g, dt, out_activation=activation)
         # prior(h_{t-1}) -> [mu_0,t, logvar_0,t]
-        self.prior = MLP([H, M, 2 * L], activation, g, dt)
+        self.prior = MLP([H, *hidden, 2 * L], activation, g, dt)
         # encoder([phi_x(x_t), h_{t-1}]) -> [mu_t, logvar_t]
-        self.encoder = MLP([F + H, M, 2 * L], activation, g, dt)
+        self.encoder = MLP([F + H, *hidden, 2 * L], activation, g, dt)
         # decoder([phi_z(z_t), h_{t-1}]) -> Bernoulli logits of the row x_t
-        self.decoder = MLP([F + H, M, D], activation, g, dt)
+        self.decoder = MLP([F + H, *hidden, D], activation, g, dt)
         # h_t = GRU([phi_x(x_t), phi_z(z_t)], h_{t-1})
         self.rnn = GRUCell(2 * F, H, g, dt)
         self.dtype = dt
         # live arrays, fetched once (Module.parameters() walks the attributes on every call)
         self._parameters = self.parameters()
         self.params = {k: p.value for k, p in self._parameters.items()}
-        self.grads = {k: p.grad for k, p in self._parameters.items()}
 
     # ------------------------------------------------------------------------------------------
-    # input
+    # input and noise
     # ------------------------------------------------------------------------------------------
 
     def sequences(self, x, name="x"):
@@ -154,112 +155,6 @@ class VRNN(Module):
             check_binary(x, name)
         return np.ascontiguousarray(seq.transpose(1, 0, 2), dtype=self.dtype)
 
-    # ------------------------------------------------------------------------------------------
-    # forward: the filtering pass over t, then everything that does not feed the recurrence
-    # ------------------------------------------------------------------------------------------
-
-    def _buffers(self, reuse):
-        """``buf(name, shape)``: an uninitialised array of the model dtype for the time-major
-        arrays of one pass.  With ``reuse`` (the training step) each name keeps its array and
-        hands it out again on the next call of the same shape: the kernel maps a fresh array of
-        megabytes page by page on first touch, which measured ~1/8 of a training step at batch 100.
-        Reused arrays hold their values only until the next ``loss`` call."""
-        if not reuse:
-            return lambda name, shape: np.empty(shape, dtype=self.dtype)
-        cache = self.__dict__.setdefault("_workspace", {})
-
-        def buf(name, shape):
-            a = cache.get(name)
-            if a is None or a.shape != tuple(shape) or a.dtype != self.dtype:
-                a = cache[name] = np.empty(shape, dtype=self.dtype)
-            return a
-        return buf
-
-    def _forward(self, X, eps, keep_caches=True):
-        """Run q and p over the whole sequence for given noise.
-
-        X: (T, N, D) rows, eps: (T, N, L) standard normal noise.  Returns a dict of time-major
-        arrays: mu_q, logvar_q, z (T, N, L); mu_p, logvar_p (T*N, L); logits (T*N, D);
-        h_prev (T, N, H) (h_{t-1} for each t) and, if ``keep_caches``, what backward needs: the
-        layer caches, gru_in = [phi_x(x_t), phi_z(z_t)] (T, N, 2F), the fused GRU parameters
-        ``gru`` (``gru_fuse``), its gates [r_t, u_t, c_t] (3, T, N, H) and r_t * h_{t-1}
-        (T, N, H).  With ``keep_caches`` (the training step) the arrays are reused buffers,
-        valid until the next call.
-        """
-        T, N, D = X.shape
-        L, H, F = self.L, self.H, self.F
-        # phi_x(x_t) for all T rows at once: it depends on the data only
-        phx_flat, c_phx = self.phi_x.forward(X.reshape(T * N, D))
-        phx = phx_flat.reshape(T, N, F)
-        buf = self._buffers(keep_caches)
-        h_prev = buf("h_prev", (T, N, H))               # h_{t-1}, t = 1..T
-        # the GRU's input [phi_x(x_t), phi_z(z_t)] for every t, one contiguous array, so that
-        # its weight gradient after BPTT is one product per gate
-        gru_in = buf("gru_in", (T, N, 2 * F))
-        gru_in[:, :, :F] = phx
-        phz = gru_in[:, :, F:]                          # phi_z(z_t), filled in the loop
-        z = buf("z", (T, N, L))
-        mu_q = buf("mu_q", (T, N, L))
-        logvar_q = buf("logvar_q", (T, N, L))
-        c_enc, c_phz = [], []
-        # The GRU's input is [phi_x(x_t), phi_z(z_t)], so the input side of each gate splits by
-        # the rows of W_g:  [phi_x, phi_z] W_g + b_g = phi_x W_g^x + phi_z W_g^z + b_g.  The phi_x
-        # part is known before the loop: one product over all T*N rows.  ``gates`` (3, T, N, H)
-        # starts as that; step t adds phi_z(z_t) W_g^z and the h side, and gru_step_forward
-        # overwrites gates[:, t] with [r_t, u_t, c_t], which the backward reads.
-        gru = gru_fuse(self.rnn.param_arrays())
-        gru_z = {"W": gru["W"][:, F:]}                  # the phi_z rows of each W_g
-        gates = gru_input_side({"W": gru["W"][:, :F], "b": gru["b"]}, phx_flat,
-                               out=buf("gates", (3, T * N, H))).reshape(3, T, N, H)
-        rh = buf("rh", (T, N, H)) if keep_caches else None     # r_t * h_{t-1}, for dU_c
-        h = self.rnn.initial_state(N)                    # h_0 = 0
-        for t in range(T):
-            h_prev[t] = h
-            # q(z_t | x_<=t, z_<t): [mu_t, logvar_t] = encoder([phi_x(x_t), h_{t-1}])
-            q_out, c = self.encoder.forward(np.concatenate([phx[t], h], axis=1))
-            mu_q[t], logvar_q[t] = q_out[:, :L], q_out[:, L:]
-            # reparameterization: z_t = mu_t + exp(logvar_t / 2) * eps_t
-            z[t] = mu_q[t] + np.exp(0.5 * logvar_q[t]) * eps[t]
-            phz[t], c_z = self.phi_z.forward(z[t])
-            # recurrence: h_t = GRU([phi_x(x_t), phi_z(z_t)], h_{t-1})
-            a = gates[:, t]
-            a += np.matmul(phz[t], gru_z["W"])             # a_g = x_t W_g + b_g, both input parts
-            h = gru_step_forward(gru, a, h, None if rh is None else rh[t])
-            if keep_caches:
-                c_enc.append(c)
-                c_phz.append(c_z)
-        # The prior and the decoder read h_{t-1} (and z_t) but feed nothing back into the
-        # recurrence: one batched call each over all T*N rows instead of T small ones.
-        p_out, c_prior = self.prior.forward(h_prev.reshape(T * N, H))
-        dec_in = np.concatenate([phz, h_prev], axis=2, out=buf("dec_in", (T, N, F + H)))
-        dec_in = dec_in.reshape(T * N, F + H)
-        logits, c_dec = self.decoder.forward(dec_in)
-        out = dict(mu_q=mu_q, logvar_q=logvar_q, z=z, h_prev=h_prev, logits=logits,
-                   mu_p=p_out[:, :L], logvar_p=p_out[:, L:])
-        if keep_caches:
-            out.update(c_phx=c_phx, c_enc=c_enc, c_phz=c_phz, c_prior=c_prior, c_dec=c_dec,
-                       gru_in=gru_in, gru=gru, gates=gates, rh=rh)
-        return out
-
-    def _terms(self, X, fwd, weight=None):
-        """The per-step terms of -ELBO (*) and their gradients, from the fused kernels.
-
-        Returns nll (T, N) = -log p(x_t | z_t, h_{t-1}), kl (T, N) = KL(q(z_t|.) || p(z_t|.)),
-        and the gradients of the loss w.r.t. the logits, mu_q, logvar_q, mu_p, logvar_p
-        (each row's gradient multiplied by ``weight``), all flattened to (T*N, .).
-        """
-        T, N, D = X.shape
-        L = self.L
-        nll, dlogits = kernels.bernoulli_nll(X.reshape(T * N, D), fwd["logits"], weight)
-        kl, dmu_q, dlv_q, dmu_p, dlv_p = kernels.gaussian_kl(
-            fwd["mu_q"].reshape(T * N, L), fwd["logvar_q"].reshape(T * N, L),
-            np.ascontiguousarray(fwd["mu_p"]), np.ascontiguousarray(fwd["logvar_p"]), weight)
-        return nll.reshape(T, N), kl.reshape(T, N), (dlogits, dmu_q, dlv_q, dmu_p, dlv_p)
-
-    # ------------------------------------------------------------------------------------------
-    # the loss and its gradient
-    # ------------------------------------------------------------------------------------------
-
     def noise(self, n, rng, k=1):
         """eps_t ~ N(0, I) for every step of k trajectories of n images, time-major (T, k*n, L).
 
@@ -270,78 +165,99 @@ class VRNN(Module):
         eps = make_rng(rng).standard_normal((k * n, self.T, self.L))
         return np.ascontiguousarray(eps.transpose(1, 0, 2), dtype=self.dtype)
 
+    # ------------------------------------------------------------------------------------------
+    # one step of the equations, and the loss
+    # ------------------------------------------------------------------------------------------
+
+    def _step(self, x_t, h, eps_t):
+        """One step t of (*) from h = h_{t-1}: returns h_t and a dict of the step's outputs and
+        the layer caches its backward needs.  x_t (N, D), h (N, H), eps_t (N, L)."""
+        L = self.L
+        phx, c_phx = self.phi_x.forward(x_t)                                 # phi_x(x_t)
+        # p(z_t | h_{t-1}): [mu_0,t, logvar_0,t] = prior(h_{t-1})
+        p_out, c_prior = self.prior.forward(h)
+        # q(z_t | x_<=t, z_<t): [mu_t, logvar_t] = encoder([phi_x(x_t), h_{t-1}])
+        q_out, c_enc = self.encoder.forward(np.concatenate([phx, h], axis=1))
+        mu_q, logvar_q = q_out[:, :L], q_out[:, L:]
+        z = mu_q + np.exp(0.5 * logvar_q) * eps_t                            # z_t = mu_t + std_t eps_t
+        phz, c_phz = self.phi_z.forward(z)                                   # phi_z(z_t)
+        # p(x_t | z_t, h_{t-1}) = Bern(sigmoid(l_t)),  l_t = decoder([phi_z(z_t), h_{t-1}])
+        logits, c_dec = self.decoder.forward(np.concatenate([phz, h], axis=1))
+        # h_t = GRU([phi_x(x_t), phi_z(z_t)], h_{t-1})
+        h_new, c_rnn = self.rnn.forward(np.concatenate([phx, phz], axis=1), h)
+        return h_new, dict(mu_q=mu_q, logvar_q=logvar_q, z=z, mu_p=p_out[:, :L], logvar_p=p_out[:, L:],
+                           logits=logits, c_phx=c_phx, c_prior=c_prior, c_enc=c_enc, c_phz=c_phz,
+                           c_dec=c_dec, c_rnn=c_rnn)
+
+    @staticmethod
+    def _step_terms(x_t, s, weight=None):
+        """The step's two terms of -ELBO (*), per image, and their gradients (each row's times
+        ``weight``): nll (N,) = -log p(x_t | z_t, h_{t-1}), kl (N,) = KL(q(z_t|.) || p(z_t|.)),
+        and (dlogits, dmu_q, dlogvar_q, dmu_p, dlogvar_p)."""
+        nll, dlogits = kernels.bernoulli_nll(x_t, s["logits"], weight)
+        kl, dmu_q, dlv_q, dmu_p, dlv_p = kernels.gaussian_kl(s["mu_q"], s["logvar_q"], s["mu_p"],
+                                                             s["logvar_p"], weight)
+        return nll, kl, (dlogits, dmu_q, dlv_q, dmu_p, dlv_p)
+
     def loss(self, x, rng, grad=True):
         """Mean over images of -ELBO (*) in nats per image, and its gradients.
 
         x: (N, T*D) binary images (or (N, T, D)); rng: a seed or Generator for eps.
-        Returns (loss: float, grads: dict like ``params``).  One z_t sample per step.
+        Returns (loss: float, grads: dict like ``params``, new arrays the caller owns; None with
+        ``grad=False``, which skips the backward pass).  One z_t sample per step.
         """
         X = self.sequences(x)
-        N = X.shape[1]
+        T, N, _ = X.shape
         eps = self.noise(N, rng)                                    # (T, N, L)
-        fwd = self._forward(X, eps)
-        nll, kl, dterms = self._terms(X, fwd, weight=1.0 / N)     # d(mean over n)/d(row n) = 1/N
-        loss = float((nll.sum() + kl.sum()) / N)
+        h = self.rnn.initial_state(N)                               # h_0 = 0
+        steps, terms = [], []
+        for t in range(T):
+            h, s = self._step(X[t], h, eps[t])
+            steps.append(s)
+            terms.append(self._step_terms(X[t], s, 1.0 / N))       # d(mean over n)/d(row n) = 1/N
+        loss = float(sum(nll.sum() + kl.sum() for nll, kl, _ in terms) / N)
         if not grad:
             return loss, None
-        for g in self.grads.values():
-            g.fill(0)
-        self._backward(eps, fwd, dterms)
-        return loss, self.grads
+        self.release_grads()
+        self._backward(steps, [d for _, _, d in terms], eps)
+        return loss, self.take_grads()
 
-    def _backward(self, eps, fwd, dterms):
+    def _backward(self, steps, dterms, eps):
         """Backpropagation through time; parameter grads accumulate into ``Parameter.grad``.
 
-        dterms: (dlogits, dmu_q, dlogvar_q, dmu_p, dlogvar_p) from ``_terms``, each (T*N, .).
+        steps: the per-step dicts of ``_step``; dterms[t] = (dlogits, dmu_q, dlogvar_q, dmu_p,
+        dlogvar_p) of step t (``_step_terms``); eps (T, N, L).
         """
-        dlogits, dmu_q_kl, dlv_q_kl, dmu_p, dlv_p = dterms
-        T, N, L = eps.shape
-        H, F = self.H, self.F
-        # The batched consumers of h_{t-1} and phi_z(z_t): decoder and prior, one call each.
-        d_dec_in = self.decoder.backward(dlogits, fwd["c_dec"]).reshape(T, N, F + H)
-        d_phz = d_dec_in[:, :, :F]                                          # dL/dphi_z(z_t) so far
-        buf = self._buffers(True)
-        d_p_out = np.concatenate([dmu_p, dlv_p], axis=1, out=buf("d_p_out", (T * N, 2 * L)))
-        d_prior_in = self.prior.backward(d_p_out, fwd["c_prior"]).reshape(T, N, H)
-        d_hprev = np.add(d_dec_in[:, :, F:], d_prior_in, out=buf("d_hprev", (T, N, H)))
-        dmu_q_kl = dmu_q_kl.reshape(T, N, L)
-        dlv_q_kl = dlv_q_kl.reshape(T, N, L)
-        d_phx = buf("d_phx", (T, N, F))                                     # dL/dphi_x(x_t)
-        logvar_q = fwd["logvar_q"]
-        gru, gates, h_prev = fwd["gru"], fwd["gates"], fwd["h_prev"]
-        gru_z = {"W": gru["W"][:, F:]}                      # the phi_z rows of each W_g
-        d_gates = buf("d_gates", gates.shape)               # (3, T, N, H): dL/d[a_r, a_u, a_c] at each t
+        T, N, _ = eps.shape
+        F = self.F
         # SOLUTION vrnn-bptt: backpropagation through time: the reverse loop over t carrying dh
-        # HINT Start from dh = dL/dh_T = 0 and go t = T-1, ..., 0.  At step t, gru_step_backward(gru, dh,
-        # HINT h_prev[t], gates[:, t], d_gates[:, t]) fills d_gates[:, t] = dL/d[a_r, a_u, a_c] and returns the
-        # HINT GRU's share of dL/dh_{t-1}; gru_input_grad(gru_z, d_gates[:, t]) is the GRU's dL/dphi_z(z_t).
-        # HINT phi_z(z_t) also feeds the decoder (d_phz[t]); z_t = mu_t + exp(logvar_t / 2) eps_t; add the
-        # HINT KL's direct gradients; h_{t-1} reaches the loss through the GRU, the encoder and d_hprev[t].
-        # HINT Fill d_phx[t] with the encoder's dL/dphi_x(x_t): the GRU's share and phi_x's backward run after the loop.
-        dh = np.zeros((N, H), dtype=eps.dtype)        # dL/dh_T = 0: nothing reads the last state
+        # HINT Start from dh = dL/dh_T = 0 and go t = T-1, ..., 0, undoing _step in reverse order:
+        # HINT self.rnn.backward(dh, s["c_rnn"]) gives dL/d[phi_x(x_t), phi_z(z_t)] and the GRU's share of
+        # HINT dL/dh_{t-1}; phi_z(z_t) also feeds the decoder; reparameterize_backward(dz, eps[t], logvar)
+        # HINT goes through z_t = mu_t + std_t eps_t; add the KL's direct gradients (dterms[t]) to the
+        # HINT encoder's and the prior's outputs; h_{t-1} feeds the GRU, the encoder, the decoder and the prior.
+        dh = np.zeros((N, self.H), dtype=eps.dtype)       # dL/dh_T = 0: nothing reads the last state
         for t in range(T - 1, -1, -1):
+            s = steps[t]
+            dlogits, dmu_kl, dlv_kl, dmu_p, dlv_p = dterms[t]
             # h_t = GRU([phi_x(x_t), phi_z(z_t)], h_{t-1}): dh is the full dL/dh_t here
-            da, dh_from_gru = gru_step_backward(gru, dh, h_prev[t], gates[:, t], d_gates[:, t])
-            # phi_z(z_t) feeds the decoder (batched above) and the GRU (through the rows W_g^z)
-            dz = self.phi_z.backward(d_phz[t] + gru_input_grad(gru_z, da), fwd["c_phz"][t])
-            # z_t = mu_t + std_t * eps_t, std_t = exp(logvar_t / 2); plus the KL's direct terms
-            std_eps = np.exp(0.5 * logvar_q[t]) * eps[t]
-            dq_out = np.concatenate([dz + dmu_q_kl[t],                      # dL/dmu_t
-                                     0.5 * dz * std_eps + dlv_q_kl[t]], axis=1)  # dL/dlogvar_t
-            d_enc_in = self.encoder.backward(dq_out, fwd["c_enc"][t])
-            d_phx[t] = d_enc_in[:, :F]                     # the GRU's share is added after the loop
-            # h_{t-1} feeds the GRU, the encoder, the prior and the decoder at step t
-            dh = dh_from_gru + d_enc_in[:, F:] + d_hprev[t]
+            d_rnn_in, dh_prev = self.rnn.backward(dh, s["c_rnn"])
+            # l_t = decoder([phi_z(z_t), h_{t-1}])
+            d_dec_in = self.decoder.backward(dlogits, s["c_dec"])
+            # phi_z(z_t) feeds the decoder and the GRU
+            dz = self.phi_z.backward(d_dec_in[:, :F] + d_rnn_in[:, F:], s["c_phz"])
+            # z_t = mu_t + exp(logvar_t / 2) eps_t, plus the KL's direct gradients on mu_t, logvar_t
+            dmu, dlogvar = reparameterize_backward(dz, eps[t], s["logvar_q"])
+            d_enc_in = self.encoder.backward(np.concatenate([dmu + dmu_kl, dlogvar + dlv_kl], axis=1),
+                                             s["c_enc"])
+            # [mu_0,t, logvar_0,t] = prior(h_{t-1}): only the KL reads it
+            d_prior_in = self.prior.backward(np.concatenate([dmu_p, dlv_p], axis=1), s["c_prior"])
+            # phi_x(x_t) feeds the encoder and the GRU; the data needs no gradient
+            self.phi_x.backward(d_enc_in[:, :F] + d_rnn_in[:, :F], s["c_phx"], need_dx=False)
+            # h_{t-1} feeds the GRU, the encoder, the decoder and the prior at step t
+            dh = dh_prev + d_enc_in[:, F:] + d_dec_in[:, F:] + d_prior_in
         # dh is now dL/dh_0; h_0 = 0 is a constant, so the chain stops here
         # END SOLUTION
-        # What the loop left for after it, one product each over all T*N rows (sum_t x_t^T da_t =
-        # X^T dA): the GRU's parameter gradients and its share of dL/dphi_x(x_t), sum_g da_g W_g^x^T.
-        d_gates = d_gates.reshape(3, T * N, H)
-        gru_fused_grads(self.rnn.grad_arrays(), fwd["gru_in"].reshape(T * N, 2 * F),
-                        h_prev.reshape(T * N, H), fwd["rh"].reshape(T * N, H), d_gates)
-        d_phx = gru_input_grad({"W": gru["W"][:, :F]}, d_gates, add_to=d_phx.reshape(T * N, F))
-        # phi_x(x_t) depends on the data only: one batched backward, no dL/dx needed
-        self.phi_x.backward(d_phx, fwd["c_phx"], need_dx=False)
 
     # ------------------------------------------------------------------------------------------
     # evaluation
@@ -355,9 +271,15 @@ class VRNN(Module):
         "kl" per step shows where in the image the model spends its information.
         """
         X = self.sequences(x)
-        fwd = self._forward(X, self.noise(X.shape[1], rng), keep_caches=False)
-        nll, kl, _ = self._terms(X, fwd)
-        return {"nll": nll.T.astype(np.float64), "kl": kl.T.astype(np.float64)}
+        eps = self.noise(X.shape[1], rng)
+        h = self.rnn.initial_state(X.shape[1])
+        nll, kl = [], []
+        for t in range(self.T):
+            h, s = self._step(X[t], h, eps[t])
+            a, b, _ = self._step_terms(X[t], s)
+            nll.append(a)
+            kl.append(b)
+        return {"nll": np.stack(nll, 1).astype(np.float64), "kl": np.stack(kl, 1).astype(np.float64)}
 
     def log_weights(self, x, K, rng, max_rows=8192):
         """log w_k = log p(x, z_1:T^k) - log q(z_1:T^k | x) for K trajectories z^k ~ q, (K, N).
@@ -370,7 +292,7 @@ class VRNN(Module):
         over k an unbiased estimate of the ELBO.  The K copies of the batch run stacked along the
         batch axis (row k*N + n holds x_n), at most ``max_rows`` rows per pass (at least one
         copy).  The noise is drawn sample-major, so the result does not depend on max_rows.
-        Returns float64 (K, N).
+        Returns (K, N) in the model's dtype.
         """
         if isinstance(K, bool) or int(K) != K or K < 1:
             raise ValueError(f"expected K to be a positive integer, got {K!r}")
@@ -378,7 +300,7 @@ class VRNN(Module):
         X = self.sequences(x)
         T, N, D = X.shape
         rng = make_rng(rng)
-        out = np.empty((K, N), dtype=np.float64)
+        out = np.empty((K, N), dtype=self.dtype)
         per_pass = max(1, min(K, int(max_rows) // N))           # copies of the batch per pass
         for k in range(0, K, per_pass):
             kk = min(per_pass, K - k)
@@ -388,21 +310,15 @@ class VRNN(Module):
 
     def _log_weight(self, X, eps):
         """log p(x, z) - log q(z | x) of each row for the trajectories driven by eps, (N,)."""
-        T, N, D = X.shape
-        L = self.L
-        fwd = self._forward(X, eps, keep_caches=False)
-        nll, _ = kernels.bernoulli_nll(X.reshape(T * N, D), fwd["logits"])
-        z = fwd["z"].reshape(T * N, L).astype(np.float64)
-        mu_p = fwd["mu_p"].astype(np.float64)
-        lv_p = fwd["logvar_p"].astype(np.float64)
-        # log N(z; mu_0, var_0) = -1/2 sum_l [log 2 pi + logvar_0 + (z - mu_0)^2 / var_0]
-        log_p_z = -0.5 * np.sum(LOG_2PI + lv_p + (z - mu_p) ** 2 * np.exp(-lv_p), axis=1)
-        # log N(z; mu, var) with (z - mu)^2 / var = eps^2 exactly
-        lv_q = fwd["logvar_q"].reshape(T * N, L).astype(np.float64)
-        e = eps.reshape(T * N, L).astype(np.float64)
-        log_q_z = -0.5 * np.sum(LOG_2PI + lv_q + e * e, axis=1)
-        lw = -nll.astype(np.float64) + log_p_z - log_q_z                     # (T*N,)
-        return lw.reshape(T, N).sum(axis=0)
+        T, N, _ = X.shape
+        h = self.rnn.initial_state(N)
+        lw = np.zeros(N, dtype=self.dtype)
+        for t in range(T):
+            h, s = self._step(X[t], h, eps[t])
+            lw -= kernels.bernoulli_nll(X[t], s["logits"])[0]                     # log p(x_t | z_t, h)
+            lw += gaussian_log_prob(s["z"], s["mu_p"], s["logvar_p"])            # log p(z_t | h_{t-1})
+            lw -= gaussian_log_prob(s["z"], s["mu_q"], s["logvar_q"])            # log q(z_t | x_<=t, z_<t)
+        return lw
 
     # ------------------------------------------------------------------------------------------
     # generation: the prior runs the recurrence on its own samples
@@ -430,7 +346,7 @@ class VRNN(Module):
     def generate(self, n, rng):
         """Sample n images row by row from the prior: returns (x (n, T*D) uint8 in {0, 1},
         probs (n, T*D) float64, the Bernoulli mean of each row given the sampled past)."""
-        if int(n) != n or n < 1:
+        if isinstance(n, bool) or int(n) != n or n < 1:
             raise ValueError(f"expected n to be a positive integer, got {n!r}")
         rng = make_rng(rng)
         n = int(n)
@@ -442,6 +358,12 @@ class VRNN(Module):
             xs.append(x_t)
             ps.append(p_t)
         return self._images(xs), self._images(ps, np.float64)
+
+    def sample(self, n, rng, binary=False):
+        """n images from the model, (n, T*D): the Bernoulli means of each row given the sampled
+        past (model dtype), or the binary pixels themselves (uint8).  See ``generate``."""
+        x, probs = self.generate(n, rng)
+        return x if binary else probs.astype(self.dtype)
 
     def complete(self, x, n_observed, rng):
         """Complete images given their first ``n_observed`` rows.
@@ -484,5 +406,5 @@ class VRNN(Module):
 
     def __repr__(self):
         c = self.config
-        return (f"VRNN(T={c['n_steps']}, D={c['row_size']}, L={c['n_latent']}, H={c['n_hidden']}, "
-                f"F={c['n_features']}, mlp={c['n_mlp']}, {c['activation']}, {c['dtype']})")
+        return (f"VRNN(T={self.T}, D={c['row_size']}, L={c['latent']}, H={c['rnn_hidden']}, "
+                f"F={c['features']}, hidden={tuple(c['hidden'])}, {c['activation']}, {c['dtype']})")
