@@ -78,6 +78,9 @@ PARAMETERS = {
     "row_size": "observations per time step D (pixels of a row; x_dim / row_size time steps)",
     "rnn_hidden": "size of the recurrent state h_t",
     "features": "size of the feature extractors phi_x, phi_z",
+    "gamma": "weight of the total correlation TC(z) (FactorVAE; 0 = the VAE)",
+    "disc_hidden": "hidden layer widths of the discriminator's MLP, comma-separated",
+    "disc_lr": "learning rate of the discriminator (the second player)",
 }
 NOT_FLAGS = ("self", "x_dim", "seed")        # x_dim: from the data; seed: the common --seed
 

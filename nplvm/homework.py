@@ -118,6 +118,11 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),
         tests=("tests/test_vrnn.py",), select="grad", lesson="lessons/09_vrnn.py"),
+    "factorvae-tc-gradient": Assignment(
+        "FactorVAE: the gradient of the total-correlation term gamma * mean T(z) through the discriminator",
+        regions=("factorvae-tc-gradient",),
+        tests=("tests/test_factorvae.py",), select="gradient or gamma_zero or fit",
+        lesson="lessons/19_factorvae.py"),
 }
 
 

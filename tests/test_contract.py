@@ -20,6 +20,8 @@ CONFIGS = {
                   dtype="float64", seed=1),
     "vrnn": dict(x_dim=12, row_size=4, latent=2, rnn_hidden=5, features=4, hidden=[6],
                  activation="tanh", dtype="float64", seed=1),
+    "factorvae": dict(x_dim=12, hidden=[7], latent=3, activation="tanh", gamma=2.0, disc_hidden=[5],
+                      disc_lr=1e-3, dtype="float64", seed=1),
 }
 
 # The shared constructor names (README naming table) and what each must be.

@@ -21,6 +21,7 @@ _MODULES = {
     "iwae": "nplvm.models.vae",
     "gmvae": "nplvm.models.gmvae",
     "vrnn": "nplvm.models.vrnn",
+    "factorvae": "nplvm.models.factorvae",
 }
 
 

@@ -1,0 +1,108 @@
+"""dSprites rendered in NumPy: the grid, the factors, the drawing; dimension-wise permutation;
+the Gaussian TC closed form; Kim & Mnih's metric on codes whose answer is known."""
+import math
+
+import numpy as np
+import pytest
+
+from nplvm.checks import DataError
+from nplvm.disentanglement import gaussian_tc, kim_mnih_metric, permute_dims
+from nplvm.dsprites import FACTOR_SIZES, HALF_WIDTH, MARGIN, DSprites, render
+
+DS = DSprites()
+
+
+def test_grid_counts_and_factor_ranges():
+    assert len(DS) == 3 * 6 * 40 * 32 * 32 == 737280
+    idx = np.arange(len(DS))
+    cls = DS.factor_classes(idx)
+    for j, n in enumerate(FACTOR_SIZES):                        # every class equally often
+        assert np.array_equal(np.bincount(cls[:, j]), np.full(n, len(DS) // n))
+    np.testing.assert_array_equal(DS.index_of(cls), idx)        # classes <-> flat index
+    f = DS.factor_values(idx[::997])
+    assert set(np.unique(f[:, 0])) <= {0.0, 1.0, 2.0}
+    assert f[:, 1].min() >= 0.5 and f[:, 1].max() <= 1.0
+    assert f[:, 2].min() >= 0.0 and f[:, 2].max() <= 2 * math.pi
+    assert f[:, 3:].min() >= 0.0 and f[:, 3:].max() <= 1.0
+    grid = DS.values
+    assert grid[1][0] == 0.5 and grid[1][-1] == 1.0 and grid[2][-1] == pytest.approx(2 * math.pi)
+
+
+def test_images_are_binary_and_a_full_turn_gives_the_same_image():
+    rng = np.random.default_rng(0)
+    cls = np.stack([rng.integers(0, n, 50) for n in FACTOR_SIZES], axis=1)
+    cls[:, 2] = 0
+    turned = cls.copy()
+    turned[:, 2] = 39                                           # orientation 2 pi
+    a, b = DS.images(DS.index_of(cls)), DS.images(DS.index_of(turned))
+    assert a.dtype == np.uint8 and set(np.unique(a)) <= {0, 1} and a.shape == (50, 4096)
+    np.testing.assert_array_equal(a, b)
+    quarter = cls.copy()
+    quarter[:, 2] = 10                                          # orientation 2 pi * 10 / 39
+    assert np.any(DS.images(DS.index_of(quarter)) != a)         # the factor does change the image
+
+
+def test_shapes_are_centred_where_the_factors_say_and_scale_sets_the_size():
+    span = 64 - 2 * MARGIN
+    rows, cols = np.mgrid[0:64, 0:64] + 0.5
+    for shape in range(3):
+        for px, py in ((0.0, 0.0), (0.3, 0.8), (1.0, 0.5)):
+            im = render(shape, 1.0, 0.7, px, py)[0].astype(float)
+            cx, cy = MARGIN + px * span, MARGIN + py * span
+            # centroid of the lit pixels within half a pixel of the stated centre
+            assert (im * cols).sum() / im.sum() == pytest.approx(cx, abs=0.5)
+            assert (im * rows).sum() / im.sum() == pytest.approx(cy, abs=0.5)
+    # the square's area is (2 * HALF_WIDTH * scale)^2 up to the pixel boundary
+    for s in (0.5, 1.0):
+        area = render(0, s, 0.0, 0.5, 0.5).sum()
+        assert abs(area - (2 * HALF_WIDTH * s) ** 2) <= 4 * 2 * HALF_WIDTH * s
+    assert render(1, 1.0, 0.0, 0.5, 0.5).sum() < render(0, 1.0, 0.0, 0.5, 0.5).sum()
+
+
+def test_bad_indices_are_clear_errors():
+    with pytest.raises(DataError, match="grid indices"):
+        DS.images([len(DS)])
+    with pytest.raises(DataError, match="integer"):
+        DS.images([0.5])
+    with pytest.raises(DataError, match=r"\(\.\.\., 5\)"):
+        DS.index_of(np.zeros((2, 4), dtype=int))
+
+
+def test_permute_dims_keeps_every_marginal_and_breaks_the_dependence():
+    rng = np.random.default_rng(1)
+    n = 4000
+    a = rng.standard_normal(n)
+    z = np.stack([a, a + 0.1 * rng.standard_normal(n), rng.exponential(size=n)], axis=1)
+    zp = permute_dims(z, 2)
+    for j in range(3):                                          # each column: the same multiset
+        np.testing.assert_array_equal(np.sort(zp[:, j]), np.sort(z[:, j]))
+    assert np.corrcoef(z[:, 0], z[:, 1])[0, 1] > 0.99
+    assert abs(np.corrcoef(zp[:, 0], zp[:, 1])[0, 1]) < 4 / math.sqrt(n)   # 4 SE of a null correlation
+    # the classic bug -- shuffling inside each row -- would mix the marginals of columns 0 and 2
+    wrong = np.take_along_axis(z, np.argsort(rng.random(z.shape), axis=1), axis=1)
+    assert not np.array_equal(np.sort(wrong[:, 2]), np.sort(z[:, 2]))
+
+
+def test_gaussian_tc_closed_form():
+    assert gaussian_tc(np.diag([1.0, 4.0, 9.0])) == pytest.approx(0.0, abs=1e-15)
+    rho = 0.6
+    assert gaussian_tc([[2.0, rho * 2.0], [rho * 2.0, 2.0]]) == pytest.approx(-0.5 * math.log(1 - rho ** 2))
+    # against sum_j H(z_j) - H(z) computed from the entropies directly
+    A = np.random.default_rng(3).standard_normal((4, 4))
+    S = A @ A.T + 0.5 * np.eye(4)
+    H = lambda c: 0.5 * np.linalg.slogdet(2 * math.pi * math.e * np.atleast_2d(c))[1]
+    assert gaussian_tc(S) == pytest.approx(sum(H(S[j, j]) for j in range(4)) - H(S), rel=1e-12)
+
+
+def test_kim_mnih_metric_is_one_for_the_factors_and_lower_for_a_rotation():
+    scale = np.array([0.8, 0.17, 1.8, 0.3, 0.3])                # roughly unit variance per factor
+    oracle = lambda i: DS.factor_values(i) / scale
+    acc, info = kim_mnih_metric(oracle, DS, 0, n_train=150, n_test=150)
+    assert acc == 1.0 and info["active"].all()
+    Q = np.linalg.qr(np.random.default_rng(0).standard_normal((5, 5)))[0]
+    acc_mixed, _ = kim_mnih_metric(lambda i: oracle(i) @ Q, DS, 0, n_train=150, n_test=150)
+    assert acc_mixed < 0.9
+    # a collapsed dimension (zero variance) never wins a vote
+    padded = lambda i: np.concatenate([oracle(i), np.zeros((len(i), 1))], axis=1)
+    acc_p, info_p = kim_mnih_metric(padded, DS, 0, n_train=100, n_test=100)
+    assert acc_p == 1.0 and not info_p["active"][-1] and info_p["votes"][-1].sum() == 0
