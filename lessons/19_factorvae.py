@@ -17,7 +17,7 @@ gives the density ratio,
 and FactorVAE adds gamma TC to the negative ELBO, training the VAE and D alternately.
 
 The steps, each a cell:
- 1. dSprites, built from its factor grid (nplvm.dsprites): what the generative factors look like.
+ 1. dSprites, built from its factor grid (nplvm.data.dsprites): what the generative factors look like.
  2. The permutation keeps every marginal and breaks the dependence.
  3. (DR) where the answer is known: Gaussian z with correlation R has TC = -1/2 log det R.
  4. The FactorVAE gradient (the TC term reaches the encoder through D) against finite differences.
@@ -44,7 +44,7 @@ import _common as C  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 
 from nplvm.disentanglement import estimate_tc, gaussian_tc, kim_mnih_metric, permute_dims  # noqa: E402
-from nplvm.dsprites import FACTOR_NAMES, FACTOR_SIZES, DSprites  # noqa: E402
+from nplvm.data.dsprites import FACTOR_NAMES, FACTOR_SIZES, DSprites  # noqa: E402
 from nplvm.gradcheck import check_model  # noqa: E402
 from nplvm.models.discriminator import logistic_regression  # noqa: E402
 from nplvm.models.factorvae import FactorVAE  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 
 from nplvm.checks import DataError
 from nplvm.disentanglement import gaussian_tc, kim_mnih_metric, permute_dims
-from nplvm.dsprites import FACTOR_SIZES, HALF_WIDTH, MARGIN, DSprites, render
+from nplvm.data.dsprites import FACTOR_SIZES, HALF_WIDTH, MARGIN, DSprites, render
 
 DS = DSprites()
 

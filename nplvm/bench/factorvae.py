@@ -1,6 +1,6 @@
 """beta-VAE against FactorVAE on dSprites: disentanglement, reconstruction, total correlation.
 
-Every model is trained on the same rendered dSprites images (``nplvm.dsprites``, a uniform sample
+Every model is trained on the same rendered dSprites images (``nplvm.data.dsprites``, a uniform sample
 of the 737,280-image grid) with the same networks, optimiser, batches and epochs, then scored the
 same way:
 
@@ -38,7 +38,7 @@ import numpy as np
 import kernels
 
 from ..disentanglement import estimate_tc, kim_mnih_metric
-from ..dsprites import DSprites
+from ..data.dsprites import DSprites
 from ..models.factorvae import FactorVAE
 from ..models.vae import VAE
 from ..optim import Adam

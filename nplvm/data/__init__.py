@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import check_dtype, DEFAULT_DTYPE
-from .checks import (DataError, check_array, check_binary, check_finite, nonneg_int, one_of, optional,
+from ..backend import check_dtype, DEFAULT_DTYPE
+from ..checks import (DataError, check_array, check_binary, check_finite, nonneg_int, one_of, optional,
                      positive_int)
 
 D = 784                  # pixels per image

@@ -38,8 +38,8 @@ import math
 
 import numpy as np
 
-from .backend import rng as make_rng
-from .checks import DataError
+from ..backend import rng as make_rng
+from ..checks import DataError
 
 __all__ = ["DSprites", "FACTOR_NAMES", "SHAPES", "IMAGE_SIZE", "render"]
 
