@@ -63,6 +63,10 @@ PARAMETERS = {
     "n_hidden": "size of the recurrent state h_t",
     "n_features": "size of the feature extractors phi_x, phi_z",
     "n_mlp": "width of the prior, encoder and decoder MLPs",
+    "quadrants": "observed MNIST quadrants, 1, 2 or 3 (Sohn's layout: bottom-left; left half; all but bottom-right)",
+    "objective": "the conditional model's training objective: cvae (the ELBO with q(z|x,y)), gsnn (z from the prior p(z|x)) or hybrid",
+    "alpha": "the hybrid objective's weight on the CVAE term: alpha L_CVAE + (1 - alpha) L_GSNN",
+    "n_classes": "number of label classes (one-hot condition)",
 }
 NOT_FLAGS = ("self", "x_dim", "seed")        # x_dim: from the data; seed: the common --seed
 

@@ -38,7 +38,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 __all__ = [
     "LOG_2PI", "logsumexp", "logsumexp_backward", "logmeanexp", "softmax", "softmax_backward",
     "log_softmax", "log_softmax_backward", "one_hot", "std_normal_log_prob",
-    "std_normal_log_prob_grad", "kl_std_normal", "DiagGaussian", "Bernoulli", "Categorical",
+    "std_normal_log_prob_grad", "kl_std_normal", "kl_diag_gaussians", "DiagGaussian", "Bernoulli", "Categorical",
 ]
 
 
@@ -227,6 +227,37 @@ def kl_std_normal(mu, logvar):
     dmu = mu                                                    # d/dmu_d     (1/2 mu_d^2)
     dlogvar = 0.5 * (var - 1.0)                                 # d/dlogvar_d (1/2 (e^logvar - logvar))
     return kl, dmu, dlogvar
+    # END SOLUTION
+
+
+def kl_diag_gaussians(mu_q, logvar_q, mu_p, logvar_p):
+    """KL(q || p) between two diagonal Gaussians, per row, with its gradients to BOTH, in plain NumPy.
+
+    q = N(mu_q, diag e^logvar_q), p = N(mu_p, diag e^logvar_p); all four arrays (..., D) of one
+    shape.  Returns kl (...,) and dKL/dmu_q, dKL/dlogvar_q, dKL/dmu_p, dKL/dlogvar_p (..., D).
+
+    The closed form (summed over d):
+
+        KL = 1/2 sum_d [ logvar_p - logvar_q + (e^logvar_q + (mu_q - mu_p)^2) e^-logvar_p - 1 ].
+
+    In the CVAE both Gaussians are learned: q(z|x, y) is the recognition network and p(z|x) the
+    prior network, so the KL sends gradient into both networks (with p = N(0, I) it reduces to
+    ``kl_std_normal``).  ``DiagGaussian.kl`` computes the same in the fused kernel
+    ``kernels.gaussian_kl``; this is the readable definition, and the CVAE's loss calls it.
+    """
+    # SOLUTION cvae-kl-gradient: KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)) and its gradients w.r.t. all four inputs
+    # HINT Work with r = var_q / var_p = np.exp(logvar_q - logvar_p) and the squared distance scaled by
+    # HINT 1 / var_p; sum the KL over the last axis; return kl (...,), dmu_q, dlogvar_q, dmu_p, dlogvar_p (..., D).
+    inv_var_p = np.exp(-logvar_p)                                 # 1 / sigma_p^2
+    ratio = np.exp(logvar_q - logvar_p)                           # sigma_q^2 / sigma_p^2, never forming either
+    diff = mu_q - mu_p
+    d2 = diff * diff * inv_var_p                                  # (mu_q - mu_p)^2 / sigma_p^2
+    kl = 0.5 * np.sum(logvar_p - logvar_q + ratio + d2 - 1.0, axis=-1)
+    dmu_q = diff * inv_var_p                                      # d/dmu_q of 1/2 (mu_q - mu_p)^2 / sigma_p^2
+    dmu_p = -dmu_q                                                # the same term, opposite sign
+    dlogvar_q = 0.5 * (ratio - 1.0)                               # d/dlogvar_q of 1/2 (e^(lq - lp) - lq)
+    dlogvar_p = 0.5 * (1.0 - ratio - d2)                          # d/dlogvar_p: + lp, e^-lp twice
+    return kl, dmu_q, dlogvar_q, dmu_p, dlogvar_p
     # END SOLUTION
 
 

@@ -15,6 +15,9 @@ _MODULES = {
     "iwae": "nplvm.models.vae",
     "gmvae": "nplvm.models.gmvae",
     "vrnn": "nplvm.models.vrnn",
+    "cvae": "nplvm.models.cvae",
+    "cvae-baseline": "nplvm.models.cvae",
+    "cvae-labels": "nplvm.models.cvae",
     "fa": "nplvm.models.fa",
     "ppca": "nplvm.models.fa",
 }
