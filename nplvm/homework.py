@@ -86,6 +86,11 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "Fitting q(y|x) to given responsibilities: the cross-entropy gradient through the softmax",
         regions=("gmvae-yhead",),
         tests=("tests/test_gmvae.py",), select="y_head"),
+    "cvae-kl-gradient": Assignment(
+        "The KL between the CVAE's recognition q(z|x,y) and prior p(z|x) networks (two learned diagonal "
+        "Gaussians) and its gradients w.r.t. both",
+        regions=("cvae-kl-gradient",),
+        tests=("tests/test_cvae.py",), select="kl or grad"),
     "vrnn-bptt": Assignment(
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),

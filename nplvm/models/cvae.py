@@ -10,6 +10,9 @@ to predict, z the latent):
     recognition network    q_phi(z|x, y)   = N(mu_q, diag e^logvar_q),   (mu_q, logvar_q) = recog([x, y])
     generation network     p_theta(y|x, z) = prod_d Bern(y_d | sigmoid(l_d)),   l = gen([x, z])
 
+(For quadrant completion the recognition network reads the whole image, x with y filled in: the
+same information as [x, y] for a fixed layout, with fewer inputs.)
+
 The CVAE objective: the conditional ELBO (the notes' derivation with every density conditioned on x)
 --------------------------------------------------------------------------------------------------
     log p(y|x) >= E_{q(z|x,y)}[log p(y|x, z)] - KL(q(z|x, y) || p(z|x))                   (C)
@@ -206,7 +209,7 @@ class _ConditionalVAE:
         g = make_rng(int(seed))
         L = self.latent
         self.prior = MLP([self.x_in, *hidden, 2 * L], activation, g, self.dtype)            # p(z|x)
-        self.recognition = (MLP([self.x_in + self.y_dim, *hidden, 2 * L], activation, g, self.dtype)
+        self.recognition = (MLP([self.rec_in, *hidden, 2 * L], activation, g, self.dtype)
                             if objective != "gsnn" else None)                            # q(z|x, y)
         self.generation = MLP([self.x_in + L, *reversed(hidden), self.y_dim], activation, g,
                               self.dtype)                                               # p(y|x, z)
@@ -217,6 +220,11 @@ class _ConditionalVAE:
             for name, p in net.parameters().items():
                 self.params[prefix + name] = p.value
                 self.grads[prefix + name] = p.grad
+
+    rec_in = property(lambda self: self.x_in + self.y_dim)     # the recognition network reads [x, y]
+
+    def _recognition_input(self, x, y):
+        return np.concatenate([x, y], axis=1)
 
     def __repr__(self):
         obj = self.objective + (f", alpha={self.alpha}" if self.objective == "hybrid" else "")
@@ -276,7 +284,7 @@ class _ConditionalVAE:
         mu_p, logvar_p, prior_cache = self._gaussian(self.prior, x)  # p(z|x)
         zs, row_w = [], []
         if w_c > 0:
-            mu_q, logvar_q, rec_cache = self._gaussian(self.recognition, np.concatenate([x, y], 1))
+            mu_q, logvar_q, rec_cache = self._gaussian(self.recognition, self._recognition_input(x, y))
             sigma_q = np.exp(0.5 * logvar_q)
             zs.append(mu_q + sigma_q * eps_q)                        # z ~ q(z|x, y), reparameterized
             row_w.append(np.full(N, w_c / N, dtype=self.dtype))
@@ -337,7 +345,7 @@ class _ConditionalVAE:
             z = mu_p + np.exp(0.5 * logvar_p) * eps                  # proposal = the prior
             log_ratio = 0.0
         else:
-            mu_q, logvar_q, _ = self._gaussian(self.recognition, np.concatenate([x, y], 1))
+            mu_q, logvar_q, _ = self._gaussian(self.recognition, self._recognition_input(x, y))
             z = mu_q + np.exp(0.5 * logvar_q) * eps
             # log N(z | mu_p, e^logvar_p) - log N(z | mu_q, e^logvar_q); the 2 pi terms cancel and
             # (z - mu_q)^2 / sigma_q^2 = eps^2
@@ -396,6 +404,15 @@ class CVAE(_ConditionalVAE):
         self.config = {"x_dim": self.x_dim, "hidden": list(hidden), "latent": self.latent,
                        "quadrants": self.quadrants, "objective": objective, "alpha": self.alpha,
                        "activation": activation, "dtype": self.dtype.name, "seed": int(seed)}
+
+    rec_in = property(lambda self: self.x_dim)
+
+    def _recognition_input(self, x, y):
+        """q(z|x, y) reads the whole image: x with y in its unobserved pixels (the same information
+        as [x, y] for a fixed layout, 784 inputs instead of 784 + D_y)."""
+        out = x.copy()
+        out[:, ~self.obs] = y
+        return out
 
     def split(self, images):
         """Full binary images (N, x_dim) -> (x, y): x the image with the unobserved pixels set to
