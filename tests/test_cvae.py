@@ -295,3 +295,20 @@ def test_cli_train_and_evaluate(tmp_path, kind, extra):
     assert rc == 0
     res = json.loads((out / "evaluation.json").read_text())
     assert res["kind"] == kind and np.isfinite(res["nll"]) and res["nll"] <= res["nelbo"] + 1e-6
+
+
+def test_benchmark_quick(tmp_path):
+    """The benchmark's --quick mode: four models per setting, a table, and the JSON it writes."""
+    from nplvm.bench import cvae as bench
+    out = tmp_path / "results.json"
+    res = bench.main(["--quick", "--data", "offline", "--quadrants", "2", "--runs", str(tmp_path / "runs"),
+                      "--out", str(out)], log=lambda s: None)
+    saved = json.loads(out.read_text())
+    rows = saved["results"]["2"]
+    assert set(rows) == {"baseline", "gsnn", "cvae", "hybrid"} and res["results"]["2"].keys() == rows.keys()
+    for name, r in rows.items():
+        assert np.isfinite(r["test_cll"]) and r["epochs"] >= 1
+        assert r["test_cll"] <= r["test_nelbo"] + 6 * r["test_cll_se"] + 1e-6, name
+    assert rows["baseline"]["test_cll"] == pytest.approx(rows["baseline"]["test_nelbo"], rel=1e-9)
+    with pytest.raises(SystemExit):
+        bench.main(["--quadrants", "4", "--quick"], log=lambda s: None)
