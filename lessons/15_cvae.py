@@ -88,11 +88,12 @@ def main(argv=None):
 
     # %% 2. four models on the same digits -------------------------------------------------------
     ds = load_dataset("offline", seed=seed)
-    n_train, n_test = (400, 60) if quick else (4000, 500)
+    n_train, n_test = (1000, 60) if quick else (4000, 500)
     x_train, x_test = ds.train[:n_train], ds.test[:n_test]
     hidden, latent = ([32], 4) if quick else ([256, 256], 16)
-    epochs = 3 if quick else 40
+    epochs = 8 if quick else 40
     K = 100 if quick else 1000
+    lr = 3e-3 if quick else 1e-3                  # the tiny quick models take larger steps
     quadrants = args.quadrants
     print(f"training baseline, GSNN, CVAE and hybrid ({hidden}, latent {latent}) on {n_train} offline "
           f"digits for {epochs} epochs; {quadrants} observed quadrant(s)")
@@ -101,7 +102,7 @@ def main(argv=None):
     for name in ("gsnn", "cvae", "hybrid"):
         models[name] = build("cvae", {**common, "latent": latent, "objective": name, "alpha": 0.5})
     for name, m in models.items():
-        fit(m, Adam(1e-3), x_train, epochs=epochs, batch_size=50, seed=seed, progress=True, log=None)
+        fit(m, Adam(lr), x_train, epochs=epochs, batch_size=50, seed=seed, progress=True, log=None)
 
     # %% 3. the CVAE's ELBO terms add up (float64, the loss's own draw) -----------------------
     x64 = x_test.astype(np.float64)
@@ -177,15 +178,17 @@ def main(argv=None):
     ax.set_title(f"{quadrants} observed quadrant(s) (gray = not observed): one blurred mean vs "
                  "different sharp samples", fontsize=8)
     results["figures"].append(C.save_figure(fig, args.out / "completions.png"))
-    # sharpness: the entropy of the predicted Bernoulli per unobserved pixel, on all test inputs
-    def entropy(pr):
+    # sharpness: the entropy of the predicted Bernoulli per unobserved pixel, per test input
+    def entropy(pr):                                                  # (N, D_y) -> (N,) nats per pixel
         pr = np.clip(pr, 1e-12, 1 - 1e-12)
-        return float(np.mean(-(pr * np.log(pr) + (1 - pr) * np.log1p(-pr))))
-    h_base = entropy(models["baseline"].complete(x_test)[0][:, ~obs])
-    h_cvae = entropy(models["cvae"].complete(x_test, seed + 7)[0][:, ~obs])
+        return np.mean(-(pr * np.log(pr) + (1 - pr) * np.log1p(-pr)), axis=1)
+    e_base = entropy(models["baseline"].complete(x_test)[0][:, ~obs])
+    e_cvae = entropy(models["cvae"].complete(x_test, seed + 7)[0][:, ~obs])
+    h_base, h_cvae = float(e_base.mean()), float(e_cvae.mean())
+    se_h = float((e_cvae - e_base).std() / np.sqrt(n_test))
     spread = float(cvae_c[:, :, ~obs].std(axis=0).mean())
-    table.add("sharper: entropy per pixel, CVAE p(y|x,z) <= baseline p(y|x)", h_cvae, h_base, 0.0,
-              relation="<=", note="nats per unobserved pixel, all test inputs")
+    table.add("sharper: entropy per pixel, CVAE p(y|x,z) <= baseline p(y|x)", h_cvae, h_base, 3 * se_h,
+              relation="<=", note="nats per unobserved pixel, mean over test inputs; tol = 3 SE of the difference")
     table.add("CVAE samples differ: mean std over samples > 0", -spread, 0.0, 0.0, relation="<=")
     num.update(entropy_baseline=h_base, entropy_cvae=h_cvae, cvae_sample_spread=spread)
     print(f"entropy per unobserved pixel: baseline {h_base:.3f}, CVAE (given z) {h_cvae:.3f} nats; "
@@ -197,9 +200,9 @@ def main(argv=None):
                                     activation="relu", seed=seed))
     # (the tiny --quick model needs more passes before its samples follow the label: the KL term
     # first pulls q onto the prior and the decoder learns the mean digit)
-    fit(lab, Adam(3e-3 if quick else 1e-3), data, epochs=25 if quick else epochs, batch_size=50,
+    fit(lab, Adam(lr), data, epochs=20 if quick else epochs, batch_size=50,
         seed=seed, progress=True, log=None)
-    per_row = 10
+    per_row = 20 if quick else 10
     labels = np.repeat(np.arange(10), per_row)
     samples = lab.sample(len(labels), seed + 8, labels=labels)
     fig, ax = C.plt.subplots(figsize=(6, 6.3))
