@@ -286,6 +286,8 @@ def cmd_evaluate(args, log=print):
     log(f"{args.split} loss (training objective)  {loss:.3f} nats per example")
     log(f"{args.split} NELBO (1 sample)            {nelbo:.3f}")
     log(f"{args.split} NLL, IS with K = {K:<6}       {nll:.3f}  (+- {result['nll_se']:.3f} over examples)")
+    if getattr(model, "conditional", False):        # e.g. the CVAE: log_weights estimate log p(y|x)
+        log(f"  (a conditional model: the NELBO and NLL are of -log p(y|x), {model.conditional})")
     out = Path(args.out) if args.out else ckpt.parent
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(result, indent=1) + "\n")

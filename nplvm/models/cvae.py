@@ -195,6 +195,8 @@ def _check_common(hidden, latent, activation):
 class _ConditionalVAE:
     """The CVAE / GSNN / hybrid on (x, y) pairs; subclasses say how a data row becomes (x, y)."""
 
+    conditional = "y = the unobserved pixels given x = the observed ones"   # read by `nplvm evaluate`
+
     def _build(self, x_in, y_dim, hidden, latent, objective, alpha, activation, dtype, seed):
         if objective not in OBJECTIVES:
             raise ValueError(f"expected objective to be one of {OBJECTIVES}, got {objective!r}")
@@ -444,6 +446,8 @@ class LabelCVAE(_ConditionalVAE):
     command line's data has no labels, so train it from Python (lesson 15).
     """
 
+    conditional = "y = the image given x = its digit"
+
     def __init__(self, x_dim=784, n_classes=10, hidden=(500, 500), latent=32, objective="cvae",
                  alpha=0.5, activation="relu", dtype="float32", seed=0):
         hidden = _check_common(hidden, latent, activation)
@@ -503,6 +507,8 @@ class BaselineNet:
         self.grads = {"net." + k: p.grad for k, p in self.net.parameters().items()}
         self.config = {"x_dim": self.x_dim, "hidden": list(hidden), "quadrants": self.quadrants,
                        "activation": activation, "dtype": self.dtype.name, "seed": int(seed)}
+
+    conditional = "y = the unobserved pixels given x = the observed ones (exact, no latent)"
 
     def __repr__(self):
         return f"BaselineNet({self.net!r}; quadrants={self.quadrants})"
