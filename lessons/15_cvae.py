@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from nplvm.data import load_dataset  # noqa: E402
 from nplvm.distributions import DiagGaussian, kl_diag_gaussians  # noqa: E402
 from nplvm.models import build  # noqa: E402
-from nplvm.models.cvae import MISSING, observed_mask, with_labels  # noqa: E402
+from nplvm.models.cvae import observed_mask, with_labels  # noqa: E402
 from nplvm.objectives import importance_sampled_log_px  # noqa: E402
 from nplvm.optim import Adam  # noqa: E402
 from nplvm.plots import tile_images  # noqa: E402

@@ -70,10 +70,11 @@ y = the whole image; its data rows are [image | one-hot label] (``with_labels``)
 Public API
 ----------
 CVAE(x_dim=784, hidden=(500, 500), latent=32, quadrants=1, objective="cvae", alpha=0.5,
-     activation="relu", dtype="float32", seed=0)                     kinds "cvae"
+     activation="relu", dtype="float32", seed=0)                     kind "cvae"
     .loss(images, rng, grad=True) -> (loss, grads)     .log_weights(images, K, rng) -> (K, N)
     .split(images) -> (x, y)      .complete(images, rng, n_samples=1) -> (n_samples, N, x_dim) means
-    .elbo_terms(images, rng) -> dict of (N,) "nll", "kl" and the loss's draw
+    .elbo_terms(images, rng) -> dict: (N,) "nll_q", "nll_p", "kl" with the loss's draw, and "loss"
+    .prior_params(x), .predict_y(x, rng, n_samples), .sample(n, rng, x)
 BaselineNet(x_dim=784, hidden=(500, 500), quadrants=1, activation="relu", ...)   kind "cvae-baseline"
 LabelCVAE(x_dim=784, n_classes=10, hidden=(500, 500), latent=32, objective="cvae", ...)  kind "cvae-labels"
 observed_mask, split_quadrants, merge_quadrants, with_labels        (the masking helpers)
