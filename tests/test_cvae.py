@@ -312,3 +312,14 @@ def test_benchmark_quick(tmp_path):
     assert rows["baseline"]["test_cll"] == pytest.approx(rows["baseline"]["test_nelbo"], rel=1e-9)
     with pytest.raises(SystemExit):
         bench.main(["--quadrants", "4", "--quick"], log=lambda s: None)
+
+
+def test_extreme_images_give_finite_losses_and_gradients():
+    """All-black and all-white images, float32 and float64: finite loss, gradients and log-weights."""
+    for dtype in ("float32", "float64"):
+        for objective in ("cvae", "gsnn", "hybrid"):
+            m = small(objective=objective, dtype=dtype, activation="relu")
+            for x in (np.zeros((3, 16), np.uint8), np.ones((3, 16), np.uint8)):
+                loss, grads = m.loss(x, 0)
+                assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values())
+                assert np.all(np.isfinite(m.log_weights(x, 5, 0)))
