@@ -81,6 +81,10 @@ PARAMETERS = {
     "gamma": "weight of the total correlation TC(z) (FactorVAE; 0 = the VAE)",
     "disc_hidden": "hidden layer widths of the discriminator's MLP, comma-separated",
     "disc_lr": "learning rate of the discriminator (the second player)",
+    "quadrants": "observed MNIST quadrants, 1, 2 or 3 (Sohn's layout: bottom-left; left half; all but bottom-right)",
+    "objective": "the conditional model's training objective: cvae (the ELBO with q(z|x,y)), gsnn (z from the prior p(z|x)) or hybrid",
+    "alpha": "the hybrid objective's weight on the CVAE term: alpha L_CVAE + (1 - alpha) L_GSNN",
+    "n_classes": "number of label classes (one-hot condition)",
 }
 NOT_FLAGS = ("self", "x_dim", "seed")        # x_dim: from the data; seed: the common --seed
 
@@ -516,6 +520,8 @@ def cmd_evaluate(args, log=print):
     log(f"{args.split} loss (training objective)  {loss:.3f} nats per example")
     log(f"{args.split} NELBO (1 sample)            {nelbo:.3f}")
     log(f"{args.split} NLL, IS with K = {K:<6}       {nll:.3f}  (+- {result['nll_se']:.3f} over examples)")
+    if getattr(model, "conditional", False):        # e.g. the CVAE: log_weights estimate log p(y|x)
+        log(f"  (a conditional model: the NELBO and NLL are of -log p(y|x), {model.conditional})")
     from .train import _atomic_write
     _atomic_write(out / "evaluation.json", lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
     log(json.dumps(result))

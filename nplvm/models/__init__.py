@@ -22,6 +22,8 @@ _MODULES = {
     "gmvae": "nplvm.models.gmvae",
     "vrnn": "nplvm.models.vrnn",
     "factorvae": "nplvm.models.factorvae",
+    "cvae": "nplvm.models.cvae",
+    "cvae-baseline": "nplvm.models.cvae",
 }
 
 
