@@ -32,9 +32,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from ..checks import DataError, as_float64_matrix, check_array, check_finite
-from ..distributions import logsumexp
-
-LOG_2PI = float(np.log(2.0 * np.pi))
+from ..distributions import LOG_2PI, logsumexp
 
 
 def gaussian_log_prob(X, mean, cov, covariance_type="full"):
