@@ -169,12 +169,12 @@ class Module:
 
     def take_grads(self, prefix=""):
         """name -> this call's gradient (zeros for a parameter no backward reached), keyed like
-        ``param_arrays`` with ``prefix`` in front."""
+        ``param_arrays`` with ``prefix`` in front, handed over: the module lets go of them
+        (``release_grads``), so no later backward can add to arrays the caller holds."""
         out = {}
         for k, p in self.parameters().items():
-            if p.grad is None:
-                p.grad = xp_of(p.value).zeros_like(p.value)
-            out[prefix + k] = p.grad
+            out[prefix + k] = xp_of(p.value).zeros_like(p.value) if p.grad is None else p.grad
+            p.grad = None
         return out
 
     def astype(self, dtype):
