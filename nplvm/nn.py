@@ -30,8 +30,9 @@ seed hold the same numbers up to rounding.
 Public API
 ----------
 Parameter(value)                      .value, .grad
-Module                                parameters(), param_arrays(), grad_arrays(), zero_grad(), release_grads(), take_grads(),
-                                      astype(dtype), load_param_arrays(arrays)
+Module                                parameters(), param_arrays(), grad_arrays(), zero_grad(),
+                                      release_grads(), take_grads(prefix), astype(dtype),
+                                      load_param_arrays(arrays)
 Linear(n_in, n_out, rng, dtype, activation, init)   fused y = act(x W + b) (kernels.linear_*)
 ReLU, Tanh, Sigmoid, Softplus, ELU, Identity        standalone activations, no parameters
 <act>_forward(x) -> y, <act>_backward(dy, y) -> dx  the functional pairs behind them
