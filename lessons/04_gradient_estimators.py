@@ -159,7 +159,7 @@ def encoder_gradients(vae, x, S, rng):
     nll, dnll_dlogits = kernels.bernoulli_nll(xk, logits)                    # -log p(x|z), its gradient
     # f(z) = log p(x|z):  f'(z) = -decoder.backward(d nll / d logits), one row per draw
     df_dz = -vae.decoder.backward(dnll_dlogits, cache).astype(np.float64).reshape(S, N, L)
-    vae.decoder.zero_grad()                                                   # parameter grads not wanted here
+    vae.decoder.release_grads()                                               # parameter grads not wanted here
     f = -nll.astype(np.float64).reshape(S, N)
     return {"score function": objectives.score_function_gradient(f, eps, logvar),
             "score function, baseline": objectives.score_function_gradient(

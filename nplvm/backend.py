@@ -18,20 +18,6 @@ CHECK_DTYPE = np.float64     # finite-difference checks
 FLOAT_DTYPES = (np.float32, np.float64)
 
 
-def cupy_or_none():
-    """The cupy module if it is already imported or importable *and* a GPU exists, else None."""
-    cp = sys.modules.get("cupy")
-    if cp is None:
-        try:
-            import cupy as cp  # noqa: F401  (lazy: only when asked)
-        except Exception:
-            return None
-    try:
-        return cp if cp.is_available() else None
-    except Exception:
-        return None
-
-
 def is_cupy_array(a) -> bool:
     """True for a cupy.ndarray, without importing cupy."""
     return type(a).__module__.split(".")[0] == "cupy"

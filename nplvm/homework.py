@@ -298,7 +298,13 @@ def main(argv=None):
             regions = make(args.assignment, args.out_dir)
             print(f"wrote a student copy to {args.out_dir}; to write:")
             for r in regions:
-                print(f"  {r.path}:{r.begin + 1}  {r.what}")
+                if r.kind == "solution" and not r.what.startswith("the fused"):
+                    print(f"  {r.path}:{r.begin + 1}  {r.what}")
+            others = sorted({str(r.path) for r in regions if r.kind != "solution"
+                             or r.what.startswith("the fused")})
+            if others:
+                print(f"  (the same math was also taken out of {', '.join(others)}: "
+                      f"its fast twins call your code, or wait for the solution)")
             tests = " ".join(get_assignment(args.assignment).tests)
             print(f"grade it with: python -m nplvm.homework grade {args.assignment} {args.out_dir}"
                   f"   (runs {tests})")

@@ -30,8 +30,9 @@ seed hold the same numbers up to rounding.
 Public API
 ----------
 Parameter(value)                      .value, .grad
-Module                                parameters(), param_arrays(), grad_arrays(), zero_grad(), release_grads(), take_grads(),
-                                      astype(dtype), load_param_arrays(arrays)
+Module                                parameters(), param_arrays(), grad_arrays(), zero_grad(),
+                                      release_grads(), take_grads(prefix), astype(dtype),
+                                      load_param_arrays(arrays)
 Linear(n_in, n_out, rng, dtype, activation, init)   fused y = act(x W + b) (kernels.linear_*)
 ReLU, Tanh, Sigmoid, Softplus, ELU, Identity        standalone activations, no parameters
 <act>_forward(x) -> y, <act>_backward(dy, y) -> dx  the functional pairs behind them
@@ -50,7 +51,7 @@ from __future__ import annotations
 import numpy as np
 
 import kernels
-from kernels.reference import ACTIVATIONS
+from kernels.reference import ACTIVATIONS, activate, activation_grad_from_output
 
 from .backend import check_dtype, rng as make_rng, xp_of
 from .checks import DataError, check_array
@@ -169,12 +170,12 @@ class Module:
 
     def take_grads(self, prefix=""):
         """name -> this call's gradient (zeros for a parameter no backward reached), keyed like
-        ``param_arrays`` with ``prefix`` in front."""
+        ``param_arrays`` with ``prefix`` in front, handed over: the module lets go of them
+        (``release_grads``), so no later backward can add to arrays the caller holds."""
         out = {}
         for k, p in self.parameters().items():
-            if p.grad is None:
-                p.grad = xp_of(p.value).zeros_like(p.value)
-            out[prefix + k] = p.grad
+            out[prefix + k] = xp_of(p.value).zeros_like(p.value) if p.grad is None else p.grad
+            p.grad = None
         return out
 
     def astype(self, dtype):
@@ -270,71 +271,38 @@ def default_init(activation) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Activations: functional pairs.  Backward is written in terms of the saved OUTPUT y = act(x),
-# so a layer keeps y (which the next layer needs anyway) and not its pre-activation.
+# so a layer keeps y (which the next layer needs anyway) and not its pre-activation.  The one
+# table of activations and their derivatives is ``kernels.reference.activate`` /
+# ``activation_grad_from_output`` (the Numba and CUDA layer kernels are its compiled twins,
+# checked against it); the pairs below name its entries.
 # ----------------------------------------------------------------------------------------------
 
-def identity_forward(x):
-    """y = x."""
-    return x
+def _pair(name, forward_doc, backward_doc):
+    def forward(x):
+        return activate(x, name)
+
+    def backward(dy, y):
+        return dy * activation_grad_from_output(y, name)
+
+    forward.__name__, backward.__name__ = f"{name}_forward", f"{name}_backward"
+    forward.__doc__, backward.__doc__ = forward_doc, backward_doc
+    return forward, backward
 
 
-def identity_backward(dy, y):
-    """dx = dy."""
-    return dy
-
-
-def relu_forward(x):
-    """y = max(x, 0)."""
-    return xp_of(x).maximum(x, 0)
-
-
-def relu_backward(dy, y):
-    """dx = dy * [x > 0] = dy * [y > 0]  (the subgradient 0 is taken at the kink x = 0)."""
-    return dy * (y > 0)
-
-
-def tanh_forward(x):
-    """y = tanh(x)."""
-    return xp_of(x).tanh(x)
-
-
-def tanh_backward(dy, y):
-    """dx = dy * (1 - tanh(x)^2) = dy * (1 - y^2)."""
-    return dy * (1 - y * y)
-
-
-def sigmoid_forward(x):
-    """y = sigma(x) = 1 / (1 + exp(-x)), computed with exp(-|x|) only, so it never overflows."""
-    xp = xp_of(x)
-    e = xp.exp(-xp.abs(x))                       # in (0, 1]
-    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
-
-
-def sigmoid_backward(dy, y):
-    """dx = dy * sigma(x) (1 - sigma(x)) = dy * y (1 - y)."""
-    return dy * y * (1 - y)
-
-
-def softplus_forward(x):
-    """y = log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for every finite x."""
-    xp = xp_of(x)
-    return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
-
-
-def softplus_backward(dy, y):
-    """dx = dy * sigma(x), and sigma(x) = 1 - exp(-softplus(x)) = -expm1(-y)."""
-    return dy * -xp_of(y).expm1(-y)
-
-
-def elu_forward(x):
-    """y = x for x > 0, exp(x) - 1 for x <= 0 (alpha = 1)."""
-    xp = xp_of(x)
-    return xp.where(x > 0, x, xp.expm1(xp.minimum(x, 0)))
-
-
-def elu_backward(dy, y):
-    """dx = dy * 1 for x > 0, dy * exp(x) = dy * (y + 1) for x <= 0."""
-    return dy * xp_of(y).where(y > 0, 1, y + 1).astype(y.dtype, copy=False)
+identity_forward, identity_backward = _pair("identity", "y = x.", "dx = dy.")
+relu_forward, relu_backward = _pair(
+    "relu", "y = max(x, 0).",
+    "dx = dy * [x > 0] = dy * [y > 0]  (the subgradient 0 is taken at the kink x = 0).")
+tanh_forward, tanh_backward = _pair("tanh", "y = tanh(x).", "dx = dy * (1 - tanh(x)^2) = dy * (1 - y^2).")
+sigmoid_forward, sigmoid_backward = _pair(
+    "sigmoid", "y = sigma(x) = 1 / (1 + exp(-x)), computed with exp(-|x|) only, so it never overflows.",
+    "dx = dy * sigma(x) (1 - sigma(x)) = dy * y (1 - y).")
+softplus_forward, softplus_backward = _pair(
+    "softplus", "y = log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for every finite x.",
+    "dx = dy * sigma(x), and sigma(x) = 1 - exp(-softplus(x)) = -expm1(-y).")
+elu_forward, elu_backward = _pair(
+    "elu", "y = x for x > 0, exp(x) - 1 for x <= 0 (alpha = 1).",
+    "dx = dy * 1 for x > 0, dy * exp(x) = dy * (y + 1) for x <= 0.")
 
 
 ACTIVATION_FUNCTIONS = {

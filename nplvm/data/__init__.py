@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
-import tempfile
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
@@ -602,15 +601,39 @@ def verify_file(path, sha256):
     return path
 
 
+def _downloader(timeout):
+    """A pooch downloader: http(s) and ftp by pooch's own, ``file://`` (local mirrors, the tests)
+    by a plain copy."""
+    import pooch
+
+    def fetch(url, output_file, pooch_obj=None, check_only=False):
+        if not url.startswith("file:"):
+            down = (pooch.HTTPDownloader(progressbar=False, timeout=timeout) if url.startswith("http")
+                    else pooch.downloaders.choose_downloader(url, progressbar=False))
+            return down(url, output_file, pooch_obj, check_only=check_only)
+        src = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        if check_only:
+            return src.is_file()
+        with open(src, "rb") as f:
+            data = f.read()
+        if hasattr(output_file, "write"):
+            output_file.write(data)
+        else:
+            Path(output_file).write_bytes(data)
+    return fetch
+
+
 def download_files(files, mirrors, directory, log=print, timeout=60.0):
     """Fetch each ``name`` of ``files`` (name -> (sha256, size or None)) into ``directory``.
 
-    A file already there with the right SHA-256 is kept.  Otherwise each mirror (a URL prefix,
-    ``file://`` works too) is tried in turn: the bytes stream into a temporary file in
-    ``directory`` while being hashed, and only a file with the published SHA-256 is renamed
-    into place (``os.replace``: readers never see a partial file).  Returns the directory.
-    Raises ChecksumError (or DataError for network failures) naming every mirror tried.
+    ``pooch.retrieve`` does the work: a file already there with the right SHA-256 is kept;
+    otherwise the bytes go to a temporary file in ``directory``, are hashed, and only a file with
+    the published SHA-256 is moved into place (readers never see a partial file).  Each mirror
+    (a URL prefix; ``file://`` works too) is tried in turn.  Returns the directory.  Raises
+    ChecksumError (or DataError for network failures) naming every mirror tried.
     """
+    import pooch
+    pooch.get_logger().setLevel("WARNING")
     directory = Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
     for name, (sha256, size) in files.items():
@@ -625,25 +648,18 @@ def download_files(files, mirrors, directory, log=print, timeout=60.0):
         failures = []
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + name
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
             try:
-                h = hashlib.sha256()
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
-                    for block in iter(lambda: r.read(1 << 20), b""):
-                        h.update(block)
-                        out.write(block)
-                if h.hexdigest() != sha256.lower():
-                    failures.append(f"{url}: SHA-256 {h.hexdigest()} != {sha256}")
-                    continue
-                os.replace(tmp, target)
-                if log:
-                    log(f"downloaded {url} -> {target}")
-                break
-            except OSError as e:                    # URLError, timeouts and disk errors
+                pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=name, path=directory,
+                               downloader=_downloader(timeout), progressbar=False)
+            except ValueError as e:                 # pooch: the hash does not match
+                failures.append(f"{url}: SHA-256 mismatch ({e})")
+                continue
+            except OSError as e:                    # missing file, URLError, HTTP errors, timeouts
                 failures.append(f"{url}: {e}")
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+                continue
+            if log:
+                log(f"downloaded {url} -> {target}")
+            break
         else:
             cls = ChecksumError if any("SHA-256" in f for f in failures) else DataError
             raise cls(f"could not fetch {name}; tried:\n  " + "\n  ".join(failures or ["no mirrors"]))
@@ -721,13 +737,3 @@ def load_dataset(source=None, binarization="stochastic", seed=0, cache_dir=None)
     if binarization is None or ds.binary:
         return ds
     return binarize_dataset(ds, seed, binarization)
-
-
-def describe(ds):
-    """A one-line JSON summary of a Dataset (shapes, pixel mean, label counts) for logs."""
-    info = {"name": ds.name, "binary": ds.binary,
-            "shapes": {k: list(getattr(ds, k).shape) for k in ("train", "valid", "test")},
-            "train_mean": round(float(ds.train.mean()), 4)}
-    if ds.train_labels is not None:
-        info["train_label_counts"] = np.bincount(ds.train_labels, minlength=N_CLASSES).tolist()
-    return json.dumps(info)

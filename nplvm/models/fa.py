@@ -55,8 +55,7 @@ from scipy.linalg import cho_factor, cho_solve, eigh, solve
 
 from ..checks import (DataError, as_float64_matrix, check_array, check_finite, nonneg_float, one_of,
                       optional, positive_float, positive_int, seed_value)
-
-LOG_2PI = float(np.log(2.0 * np.pi))
+from ..distributions import LOG_2PI
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,9 +257,6 @@ class FactorAnalysis:
                 "tol": self.tol, "max_iter": self.max_iter, "init": self.init,
                 "suff_stats": self.suff_stats, "seed": self.seed, "n_features": self.n_features}
 
-    def _noise_param_name(self):
-        return "log_psi"
-
     def _set_params(self, W, mu, psi):
         """Store W, mu and psi in ``params`` (psi as its log)."""
         self.params = {"W": np.array(W, dtype=np.float64), "mu": np.array(mu, dtype=np.float64),
@@ -453,7 +449,7 @@ class FactorAnalysis:
         r = X - m @ W.T - mu
         WtPW = W.T @ (W / psi[:, None])
         tr_Sq = np.trace(Sq, axis1=-2, axis2=-1)
-        e_loglik = -0.5 * (np.sum(np.log(2 * np.pi * psi)) + np.sum(r * r / psi, axis=1)
+        e_loglik = -0.5 * (np.sum(LOG_2PI + np.log(psi)) + np.sum(r * r / psi, axis=1)
                            + np.einsum("ij,...ji->...", WtPW, Sq))
         e_logprior = -0.5 * (L * LOG_2PI + np.sum(m * m, axis=1) + tr_Sq)
         entropy = gaussian_entropy(Sq)

@@ -156,7 +156,7 @@ class FactorVAE:
             return loss, None
 
         for _, net in self._modules:
-            net.zero_grad()
+            net.release_grads()                                         # this call's grads: new arrays
         dz = self.vae.decoder.backward(dlogits, dec_cache)             # through -log p(x|z)
         # SOLUTION factorvae-tc-gradient: the gradient of gamma * (1/N) sum_n T(z_n) with respect to z, through the discriminator
         # HINT d/dT_n of gamma * mean(T) is gamma / N for every n; self.discriminator.backward(dT, t_cache)
@@ -166,5 +166,4 @@ class FactorVAE:
         dmu, dlogvar = reparameterization_gradient(dz, eps, logvar)     # dz/dmu = 1, dz/dlogvar = eps sigma/2
         self.vae.encoder.backward(np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1),
                                   enc_cache, need_dx=False)
-        return loss, {p + n: par.grad.copy() for p, net in self._modules
-                      for n, par in net.parameters().items()}
+        return loss, {k: g for prefix, net in self._modules for k, g in net.take_grads(prefix).items()}

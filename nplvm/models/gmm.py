@@ -33,9 +33,7 @@ from scipy.linalg import solve_triangular
 
 from ..checks import (DataError, as_float64_matrix, check_array, check_finite, nonneg_float, one_of,
                       positive_int, seed_value)
-from ..distributions import logsumexp
-
-LOG_2PI = float(np.log(2.0 * np.pi))
+from ..distributions import LOG_2PI, logsumexp
 
 
 def gaussian_log_prob(X, mean, cov, covariance_type="full"):
