@@ -17,6 +17,7 @@ _MODULES = {
     "vrnn": "nplvm.models.vrnn",
     "fa": "nplvm.models.fa",
     "ppca": "nplvm.models.fa",
+    "nvdm": "nplvm.models.nvdm",
 }
 
 
