@@ -86,6 +86,10 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "Fitting q(y|x) to given responsibilities: the cross-entropy gradient through the softmax",
         regions=("gmvae-yhead",),
         tests=("tests/test_gmvae.py",), select="y_head"),
+    "nvdm-softmax-gradient": Assignment(
+        "The NVDM's softmax decoder with word counts: the gradient of -log p(d|z) w.r.t. the logits",
+        regions=("nvdm-softmax-gradient",),
+        tests=("tests/test_nvdm.py",), select="grad"),
     "vrnn-bptt": Assignment(
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),

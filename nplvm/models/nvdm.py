@@ -42,6 +42,8 @@ NVDM(x_dim=2000, hidden=(500,), latent=50, activation="tanh", dtype="float32", s
     .elbo(x, rng) -> (B,) ELBO_d, one sample each;  .log_weights(x, K, rng) -> (K, B)
     .encode(x) -> (mu, logvar);  .word_probs(z) -> (n, V) softmax(z R + b)
     .sample(n, rng, n_words=None) -> word distributions (n, V), or counts with n_words words each
+    .init_bias(x_train)                  b = log unigram frequencies (optional warm start)
+    .word_vectors() -> R^T (V, L)        the word vectors of the semantic space
     .load_data(source) (classmethod) -> nplvm.text.TextDataset: the CLI's data hook
 """
 from __future__ import annotations
@@ -232,6 +234,13 @@ class NVDM:
         nll, _ = softmax_counts_nll(xk, logits, grad=False)
         # log p(z) - log q(z|d) = 1/2 sum_l (eps^2 + logvar - z^2)  (the 2 pi terms cancel)
         return -nll.reshape(K, B) + 0.5 * np.sum(eps * eps + logvar - z * z, axis=-1)
+
+    def init_bias(self, x):
+        """Set b = log p_unigram(v), add-one smoothed frequencies of the counts x (D, V): with z
+        near 0 the decoder starts as the unigram model instead of uniform.  Returns self."""
+        c = np.asarray(check_counts(x, "x", self.x_dim), dtype=np.float64).sum(axis=0) + 1.0
+        self.b.value[...] = np.log(c / c.sum())
+        return self
 
     def word_vectors(self):
         """R^T (V, L): the vector of each word in the semantic space (a copy)."""
