@@ -21,7 +21,8 @@ What it prints and draws (``--out``, default figures/20_nvdm/):
      IS >= ELBO;
   4. the nearest words in R for the notes' query words that are in the vocabulary
      (word_vectors.png: a 2-D projection of those words and their neighbours);
-  5. the top words of latent directions (directions.png).
+  5. the top words of latent directions: the axes z_l, and both ends of the principal directions
+     of the encoded documents (directions.png).
 
     python lessons/20_nvdm.py                                      # about a minute on a laptop CPU
     python lessons/20_nvdm.py --data ../shared/data/20news --hidden 500 --latent 50 --seconds 300
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402  (puts the repository on sys.path, selects the Agg backend)
 
-from nplvm.bench.nvdm import mean_elbo, topic_words, train_nvdm  # noqa: E402
+from nplvm.bench.nvdm import mean_elbo, principal_topics, topic_words, train_nvdm  # noqa: E402
 from nplvm.gradcheck import check_model  # noqa: E402
 from nplvm.models.nvdm import NVDM, softmax_counts_nll  # noqa: E402
 from nplvm.objectives import importance_sampled_log_px  # noqa: E402
@@ -197,21 +198,32 @@ def nearest_table(args, model, ds):
     return C.save_figure(fig, args.out / "word_vectors.png"), rows
 
 
-# %% [5] Latent directions as topics: the words each z_l raises most
+# %% [5] Latent directions as topics: the words each direction of z raises most
 def directions_figure(args, model, ds):
-    n = C.quick_or(args, 2, 8)
+    """Word v's association with a direction u of the latent is u^T R e_v (its logit rises by that
+    much per unit of z along u).  The axes z_l themselves are arbitrary (the prior N(0, I) is
+    rotation invariant), so we also take the principal directions of the encoded documents."""
+    n = C.quick_or(args, 2, 6)
     tops = topic_words(model, ds.vocab, n_directions=n, k=10)
-    print("\n[5] top words of the first latent directions (largest R[l, v])")
+    print("\n[5] top words of the first latent axes (largest R[l, v])")
     for l, words in enumerate(tops):
         print(f"    z_{l}: {' '.join(words)}")
-    fig, ax = plt.subplots(figsize=(min(2.0 * n + 1, 16), 3.6))
+    principal = principal_topics(model, ds.train, ds.vocab, n_directions=n, k=10)
+    print("    principal directions of the encoded training documents, both ends:")
+    for l, ends in enumerate(principal):
+        print(f"    u_{l + 1} +: {' '.join(ends['+'])}\n    u_{l + 1} -: {' '.join(ends['-'])}")
+    cols = [(f"u_{l + 1} +", e["+"]) for l, e in enumerate(principal)] + \
+           [(f"u_{l + 1} -", e["-"]) for l, e in enumerate(principal)]
+    cols.sort(key=lambda c: (int(c[0].split()[0][2:]), c[0][-1] == "-"))
+    fig, ax = plt.subplots(figsize=(min(1.6 * len(cols) + 1, 18), 3.6))
     ax.axis("off")
-    tab = ax.table(cellText=[list(r) for r in zip(*tops)], colLabels=[f"z_{l}" for l in range(n)],
+    tab = ax.table(cellText=[list(r) for r in zip(*[c[1] for c in cols])], colLabels=[c[0] for c in cols],
                    loc="center", cellLoc="center")
     tab.auto_set_font_size(False)
     tab.set_fontsize(8)
-    ax.set_title("The 10 words each latent direction raises most (rows of R)", fontsize=10)
-    return C.save_figure(fig, args.out / "directions.png"), tops
+    ax.set_title("Topics: the 10 words at each end of the principal directions u of the encoded "
+                 "documents (score u^T R e_v)", fontsize=10)
+    return C.save_figure(fig, args.out / "directions.png"), tops, principal
 
 
 def main(argv=None):
@@ -232,7 +244,7 @@ def main(argv=None):
     figures = [plot_curves(args, history, ppl_uni, ppl_lda, ppl)]
     fig, nearest = nearest_table(args, model, ds)
     figures.append(fig)
-    fig, tops = directions_figure(args, model, ds)
+    fig, tops, principal = directions_figure(args, model, ds)
     figures.append(fig)
     print(f"\n    test perplexity: NVDM {ppl['elbo']:.1f} (ELBO), {ppl['is']:.1f} (IS); "
           f"LDA {ppl_lda['test']:.1f}; unigram {ppl_uni['test']:.1f}; uniform {ds.V}")
@@ -240,6 +252,7 @@ def main(argv=None):
     print(table)
     return {"checks": table.to_dict(), "figures": figures, "history": history, "grad_error": grad_error,
             "perplexity": ppl, "lda": ppl_lda, "unigram": ppl_uni, "nearest": nearest, "directions": tops,
+            "principal_directions": principal,
             "config": model.config}
 
 

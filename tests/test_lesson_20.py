@@ -17,6 +17,7 @@ def test_lesson_20_quick(tmp_path, capsys, load_lesson):
     assert set(res["nearest"]) >= {"medical", "companies", "israel", "book"}
     assert all(len(v) == 5 for v in res["nearest"].values())
     assert len(res["directions"]) == 2 and all(len(w) == 10 for w in res["directions"])
+    assert len(res["principal_directions"]) == 2 and all(len(e["+"]) == 10 for e in res["principal_directions"])
     names = {Path(f).name for f in res["figures"]}
     assert names == {"curves.png", "word_vectors.png", "directions.png"}
     assert all(Path(f).stat().st_size > 1000 for f in res["figures"])

@@ -240,3 +240,18 @@ def test_cli_train_and_evaluate_offline(tmp_path):
     assert main(["evaluate", "--checkpoint", str(out), "--K", "20", "--n", "10"]) == 0
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["kind"] == "nvdm" and ev["nll"] <= ev["nelbo"] + 1.0
+
+
+def test_benchmark_quick(tmp_path, capsys):
+    from nplvm.bench import nvdm as bench
+    out = tmp_path / "r.json"
+    res = bench.main(["--quick", "--out", str(out)])
+    text_out = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    run = saved["runs"][0]
+    assert run["latent"] == 4 and np.isfinite(run["nvdm"]["ppl_elbo"]) and np.isfinite(run["lda"]["ppl"])
+    assert run["nvdm"]["ppl_is"] <= run["nvdm"]["ppl_elbo"] * 1.01
+    assert np.isclose(run["ratio_nvdm_lda"], run["nvdm"]["ppl_elbo"] / run["lda"]["ppl"])
+    assert len(run["principal_directions"]) == 2 and res["unigram_ppl"] > 1
+    for marker in ("NVDM (ELBO)", "LDA (sklearn", "unigram", "NVDM / LDA", "nearest to 'book'"):
+        assert marker in text_out

@@ -9,7 +9,8 @@ run.  Its numbers are not the paper's; the ratio NVDM / LDA is what compares (go
 
 For each latent size L (``--latent 50,200``):
 
-* NVDM: encoder 2000-500 tanh, latent L, softmax decoder; Adam, minibatches of 64; trained for
+* NVDM: encoder 2000-500 tanh, latent L, softmax decoder with b started at the log unigram
+  frequencies (``init_bias``); Adam, minibatches of 64; trained for
   ``--budget`` seconds (or ``--epochs``), keeping the parameters of the best validation perplexity
   (early stopping: 6,005 documents overfit a 1.1M-parameter model within minutes).
   Test perplexity exp(-(1/D) sum_d ELBO_d / N_d), ELBO_d averaged over ``--S`` draws of z, and
@@ -24,7 +25,8 @@ For each latent size L (``--latent 50,200``):
   proportions), trained on the training documents' labels, accuracy on the test documents.
 
 Also printed: the nearest words in R (the decoder's word vectors) for the notes' query words that
-are in the vocabulary, and the top words of each of the first latent directions.
+are in the vocabulary, the top words of each of the first latent axes z_l, and the words at both
+ends of the principal directions of the encoded training documents (``principal_topics``).
 
     OMP_NUM_THREADS=1 python -m nplvm.bench.nvdm --data ../shared/data/20news --latent 50 --out runs/nvdm50.json
     python -m nplvm.bench.nvdm --quick           # seconds: the offline Reuters corpus, tiny sizes
@@ -115,6 +117,23 @@ def topic_words(model, vocab, n_directions=5, k=10):
     return [[vocab[v] for v in np.argsort(-R[l])[:k]] for l in range(min(n_directions, R.shape[0]))]
 
 
+def principal_topics(model, X, vocab, n_directions=5, k=8):
+    """Topics along the principal directions of the encoded documents.
+
+    A Gaussian latent has no preferred axes (any rotation of z and R gives the same model), so
+    single coordinates z_l need not be topics.  The principal directions u_1, u_2, ... of the
+    posterior means mu(d) over the documents X are the directions the documents actually spread
+    along; word v's score on u is u^T R e_v.  Returns, per direction, the k words of the largest
+    score (the "+" end) and the k of the smallest (the "-" end).
+    """
+    mu, _ = model.encode(X)
+    mu = mu.astype(np.float64) - mu.mean(axis=0)
+    _, _, Vt = np.linalg.svd(mu, full_matrices=False)
+    scores = Vt[:n_directions] @ model.params["R"].astype(np.float64)          # (n, V)
+    return [{"+": [vocab[v] for v in np.argsort(-s)[:k]], "-": [vocab[v] for v in np.argsort(s)[:k]]}
+            for s in scores]
+
+
 def classify(train_feats, train_labels, test_feats, test_labels, seed=0):
     """Logistic-regression accuracy on the test documents (features standardised on train)."""
     from sklearn.linear_model import LogisticRegression
@@ -132,6 +151,7 @@ def run_latent(L, ds, args, log):
     rec = {"latent": L}
     # -- NVDM -----------------------------------------------------------------------------
     model = NVDM(x_dim=ds.V, hidden=args.hidden, latent=L, activation="tanh", seed=args.seed)
+    model.init_bias(ds.train)                        # the decoder starts as the unigram model
     log(f"[NVDM L={L}] {model!r}: {model.num_parameters():,} parameters, "
         f"{args.budget if args.epochs is None else str(args.epochs) + ' epochs'} "
         f"{'s budget' if args.epochs is None else ''}")
@@ -155,6 +175,7 @@ def run_latent(L, ds, args, log):
     rec["nearest"] = {w: nearest_words(model.word_vectors(), ds.vocab, w, 5)[0]
                       for w in QUERY_WORDS if w in ds.vocab}
     rec["directions"] = topic_words(model, ds.vocab, args.n_directions)
+    rec["principal_directions"] = principal_topics(model, ds.train, ds.vocab, args.n_directions)
     # -- LDA ------------------------------------------------------------------------------
     t0 = time.perf_counter()
     lda = LatentDirichletAllocation(L, learning_method="batch", max_iter=args.lda_iter,
@@ -194,7 +215,10 @@ def table(result):
         for w, near in rec["nearest"].items():
             lines.append(f"  nearest to {w!r:<12}: {', '.join(near)}")
         for l, words in enumerate(rec["directions"]):
-            lines.append(f"  direction {l}: {' '.join(words)}")
+            lines.append(f"  latent axis z_{l}: {' '.join(words)}")
+        for l, ends in enumerate(rec.get("principal_directions", [])):
+            lines.append(f"  principal direction {l + 1}:  + {' '.join(ends['+'])}")
+            lines.append(f"  {'':22}   - {' '.join(ends['-'])}")
         lines.append("")
     return "\n".join(lines)
 
@@ -211,8 +235,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=2, help="epochs between validation evaluations (default %(default)s)")
     p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lda-iter", type=int, default=50, help="LDA batch passes (default %(default)s)")
-    p.add_argument("--K", type=int, default=200, help="importance samples per test document (default %(default)s)")
+    p.add_argument("--lda-iter", type=int, default=20, help="LDA batch passes (default %(default)s)")
+    p.add_argument("--K", type=int, default=100, help="importance samples per test document (default %(default)s)")
     p.add_argument("--S", type=int, default=20, help="draws of z per test document for the ELBO (default %(default)s)")
     p.add_argument("--n-valid", type=int, default=None, help="validation documents (default 500; offline 40)")
     p.add_argument("--n-test", type=int, default=None, help="test documents (default 1000; offline 40)")
