@@ -24,7 +24,7 @@ What it prints and draws (``--out``, default figures/20_nvdm/):
   5. the top words of latent directions: the axes z_l, and both ends of the principal directions
      of the encoded documents (directions.png).
 
-    python lessons/20_nvdm.py                                      # about a minute on a laptop CPU
+    python lessons/20_nvdm.py                                      # about 90 s (60 s of training)
     python lessons/20_nvdm.py --data ../shared/data/20news --hidden 500 --latent 50 --seconds 300
     python lessons/20_nvdm.py --quick                              # seconds (the test suite runs this)
 """
