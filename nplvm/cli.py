@@ -218,9 +218,9 @@ def _prepare(cls, x):
     return prep(x) if prep is not None else x
 
 
-def _load_data(source, quick, log):
+def _load_data(source, quick, log, cls=None):
     from .data import load_dataset
-    ds = load_dataset(source)
+    ds = cls.load_data(source) if hasattr(cls, "load_data") else load_dataset(source)  # a model's own data
     log(f"data: {ds!r}")
     return ds
 
@@ -358,7 +358,7 @@ def cmd_train(args, log=print):
     cls = get_class(args.model)
     out = Path(args.out or f"runs/{args.model}")
     _check_out(out, args)
-    ds = _load_data(args.data, args.quick, log)
+    ds = _load_data(args.data, args.quick, log, cls)
     x_train, x_valid = ds.train, ds.valid
     if args.quick:
         x_train, x_valid = x_train[:QUICK_SIZES["train"]], x_valid[:QUICK_SIZES["valid"]]
@@ -489,7 +489,7 @@ def cmd_evaluate(args, log=print):
     if source is None and run_file.is_file():
         source = json.loads(run_file.read_text()).get("data")
     log(f"model: {model!r} (epoch {state.get('epoch')})")
-    ds = _load_data(source, args.quick, log)
+    ds = _load_data(source, args.quick, log, cls)
     x = getattr(ds, args.split)
     n = args.n if args.n is not None else (QUICK_SIZES["test"] if args.quick else len(x))
     x = _prepare(cls, strided_subset(x, n))                    # every digit represented

@@ -119,6 +119,10 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "Gaussians) and its gradients w.r.t. both",
         regions=("kl-gradient",),
         tests=("tests/test_cvae.py",), select="kl or grad", lesson="lessons/15_cvae.py"),
+    "nvdm-softmax-gradient": Assignment(
+        "The NVDM's softmax decoder with word counts: the gradient of -log p(d|z) w.r.t. the logits",
+        regions=("nvdm-softmax-gradient",),
+        tests=("tests/test_nvdm.py",), select="grad", lesson="lessons/20_nvdm.py"),
     "vrnn-bptt": Assignment(
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),

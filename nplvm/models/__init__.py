@@ -24,6 +24,7 @@ _MODULES = {
     "factorvae": "nplvm.models.factorvae",
     "cvae": "nplvm.models.cvae",
     "cvae-baseline": "nplvm.models.cvae",
+    "nvdm": "nplvm.models.nvdm",
 }
 
 
