@@ -15,6 +15,8 @@ _MODULES = {
     "iwae": "nplvm.models.vae",
     "gmvae": "nplvm.models.gmvae",
     "vrnn": "nplvm.models.vrnn",
+    "vampprior": "nplvm.models.vampprior",
+    "drvae": "nplvm.models.drvae",
     "fa": "nplvm.models.fa",
     "ppca": "nplvm.models.fa",
 }
