@@ -63,6 +63,9 @@ PARAMETERS = {
     "n_hidden": "size of the recurrent state h_t",
     "n_features": "size of the feature extractors phi_x, phi_z",
     "n_mlp": "width of the prior, encoder and decoder MLPs",
+    "n_pseudo": "number of pseudo-inputs K of the VampPrior p(z) = (1/K) sum_k q(z|u_k)",
+    "disc_hidden": "hidden layer widths of the discriminator T_psi, comma-separated",
+    "disc_lr": "learning rate of the discriminator's optimiser (it steps after every model step)",
 }
 NOT_FLAGS = ("self", "x_dim", "seed")        # x_dim: from the data; seed: the common --seed
 
