@@ -86,6 +86,10 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "Fitting q(y|x) to given responsibilities: the cross-entropy gradient through the softmax",
         regions=("gmvae-yhead",),
         tests=("tests/test_gmvae.py",), select="y_head"),
+    "vampprior-gradient": Assignment(
+        "The VampPrior KL's gradient: d log (1/K) sum_k N(z | m_k, e^s_k) w.r.t. z, m_k and s_k (on to the pseudo-inputs)",
+        regions=("vampprior-gradient",),
+        tests=("tests/test_vampprior.py",), select="grad"),
     "vrnn-bptt": Assignment(
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),
