@@ -250,19 +250,17 @@ def vampprior_2d(table, results, args, x_train, n_points, lim, kl_vae):
           f"{kl_vae:.3f}; I(x; z) = {d['mutual_info']:.3f}")
     results.update(vamp_marginal_kl=d["marginal_kl"], vamp_mutual_info=d["mutual_info"])
     u = vp64.pseudo_inputs()
-    cols = 8
-    rows = int(math.ceil(K / cols))
-    tiles = np.zeros((rows * cols, 784))
-    tiles[:K] = u
     fig, ax = C.plt.subplots(1, 3, figsize=(14, 4.5))
-    ax[0].imshow(plots.tile_images(tiles, nrow=rows), cmap="gray", vmin=0, vmax=1)
-    ax[0].set(title=f"the {K} learned pseudo-inputs u_k"); ax[0].axis("off")
-    lo, hi = lim
+    ax[0].imshow(plots.tile_images(u, nrow=8), cmap="gray", vmin=0, vmax=1)
+    ax[0].set(title=f"the {K} pseudo-inputs u_k after training\n(started at training images)")
+    ax[0].axis("off")
+    m, _ = vp64.prior_components()
+    lo = float(min(mu.min(), m.min())) - 2.0                 # the VampPrior is not anchored at 0: its own plane
+    hi = float(max(mu.max(), m.max())) + 2.0
     t = np.linspace(lo, hi, 200)
     Z = np.stack(np.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
     lp = vp64.log_prior(Z).reshape(200, 200)
     lq = log_mixture(Z, mu, logvar)[0].reshape(200, 200)
-    m, _ = vp64.prior_components()
     for a, img, title in ((ax[1], lp, "VampPrior p(z) = (1/K) sum_k q(z|u_k)"),
                           (ax[2], lq, f"its aggregated posterior q(z) ({n_points} images)")):
         a.imshow(np.exp(img).T, origin="lower", extent=(lo, hi, lo, hi), cmap="magma")
@@ -305,7 +303,7 @@ def density_ratio_vae(table, results, args, x_train, n_points, lim):
     print(f"density-ratio prior: E_q[T_psi] = {kl_disc:.3f} vs KL(q(z) || N(0, I)) = E_q[T*] = {kl_exact:.3f}; "
           f"held-out loss gap to T* {gap:.4f}; log Z_T = {log_z:.3f} +- {log_z_se:.3f} (0 for T = T*)")
     results.update(dr2d_gap=gap, dr2d_kl_exact=kl_exact, dr2d_kl_disc=kl_disc, dr2d_log_z=log_z)
-    lo, hi = lim
+    lo, hi = float(min(mu.min(), lim[0])) - 1.0, float(max(mu.max(), lim[1])) + 1.0
     t = np.linspace(lo, hi, 200)
     Z = np.stack(np.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
     fig, ax = C.plt.subplots(1, 3, figsize=(15, 4.5))

@@ -144,3 +144,17 @@ def test_bad_input_and_config():
         VampPrior(n_pseudo=0)
     with pytest.raises(ValueError, match="latent"):
         VampPrior(latent=0)
+
+
+def test_optimal_prior_benchmark_quick(tmp_path, capsys):
+    from nplvm.bench import optimal_prior
+    out = tmp_path / "op.json"
+    res = optimal_prior.main(["--quick", "--out", str(out)])
+    assert [r["model"] for r in res["results"]] == ["vae", "vampprior", "drvae"]
+    for r in res["results"]:
+        assert r["test_nll"] <= r["test_nelbo"] + 2.0                   # IS (K = 20) vs the 1-sample bound
+        assert r["mutual_info"] <= r["log_N"] + 1e-9 and r["active_units"] >= 0
+        assert abs(r["mean_kl"] - r["mutual_info"] - r["marginal_kl"]) < 1e-9
+    assert "log_Z_T" in res["results"][2] and "gain_over_vae" in res["results"][1]
+    assert json.loads(out.read_text())["results"][0]["model"] == "vae"
+    assert "anchor" in capsys.readouterr().out
