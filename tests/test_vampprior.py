@@ -32,6 +32,10 @@ def test_vampprior_grad_every_entry(activation):
                        max_entries_per_param=None)
 
 
+def test_vampprior_grad_warmup_beta():
+    assert_model_grads(small(beta=0.25), binary(), tol=TOL, eps=1e-5, seed=14, max_entries_per_param=None)
+
+
 def test_vampprior_grad_one_pseudo_input_and_many():
     assert_model_grads(small(n_pseudo=1), binary(), tol=TOL, eps=1e-5, seed=12, max_entries_per_param=None)
     assert_model_grads(small(n_pseudo=9, latent=2), binary(9), tol=TOL, eps=1e-5, seed=13,

@@ -21,10 +21,12 @@ on the logistic loss (``nplvm.train.fit`` does the second step, the model expose
 
 Loss (one z_n = mu_n + sigma_n eps_n per example):
 
-    loss = mean_n [ -log p(x_n|z_n) - T_psi(z_n) + KL(q(z|x_n) || N(0, I)) ]
-    dz   = decoder.backward((sigmoid(l) - x)/N) - (1/N) dT_psi/dz     (T_psi held fixed: psi is not a
-                                                                       parameter of this loss)
-    dmu  = dz + mu/N,   dlogvar = dz eps sigma/2 + (e^logvar - 1)/(2N)
+    loss = mean_n [ -log p(x_n|z_n) + beta (KL(q(z|x_n) || N(0, I)) - T_psi(z_n)) ]    (beta = 1: -(OP))
+    dz   = decoder.backward((sigmoid(l) - x)/N) - (beta/N) dT_psi/dz   (T_psi held fixed: psi is not a
+                                                                        parameter of this loss)
+    dmu  = dz + beta mu/N,   dlogvar = dz eps sigma/2 + beta (e^logvar - 1)/(2N)
+
+(beta < 1 only during a KL warm-up, as for the VampPrior.)
 
 Only z carries the gradient to phi: the dependence of q_phi(z) itself on phi in ln q_phi(z)/p(z) is
 left out.  Averaged over the data it contributes nothing, E_pD E_q(z|x)[grad_phi ln q_phi(z)] =
@@ -48,7 +50,7 @@ discriminator parameters (it is recomputed, with N(0, I) alone, when they change
 Public API
 ----------
 DRVAE(x_dim=784, hidden=(300, 300), latent=40, activation="tanh", disc_hidden=(256, 256),
-      disc_lr=1e-4, dtype, seed)                                   kind "drvae"
+      disc_lr=5e-4, beta=1.0, dtype, seed)                                   kind "drvae"
     .params (encoder, decoder); .discriminator (a Discriminator with its own params)
     .loss(x, rng, grad=True) -> (loss, grads);  .discriminator_samples(x, rng) -> (z_q, z_p)
     .log_prior(z) -> log N(z) + T(z) - log Z_T;  .log_weights(x, K, rng) -> (K, N)
@@ -82,14 +84,15 @@ class DRVAE(VAE):
     """A VAE trained on the optimal-prior ELBO (OP) with a discriminator T_psi; see the module docstring.
 
     x_dim, hidden, latent, activation, dtype, seed: as for the VAE; disc_hidden: hidden widths of
-    the discriminator T_psi(z); disc_lr: its learning rate (the model's optimiser class).
+    the discriminator T_psi(z); disc_lr: its learning rate (the model's optimiser class); beta:
+    weight of the prior term KL - E T (1: (OP); below 1 during a KL warm-up).
     """
 
     kind = "drvae"
 
     def __init__(self, x_dim=784, hidden=(300, 300), latent=40, activation="tanh", disc_hidden=(256, 256),
-                 disc_lr=1e-4, dtype="float32", seed=0):
-        super().__init__(x_dim, hidden, latent, activation, k=1, kl="analytic", beta=1.0, dtype=dtype, seed=seed)
+                 disc_lr=5e-4, beta=1.0, dtype="float32", seed=0):
+        super().__init__(x_dim, hidden, latent, activation, k=1, kl="analytic", beta=beta, dtype=dtype, seed=seed)
         try:
             disc_hidden = parse_hidden(disc_hidden)
         except ValueError as e:
@@ -98,7 +101,7 @@ class DRVAE(VAE):
             raise ValueError(f"expected a positive finite disc_lr, got {disc_lr!r}")
         self.config = {"x_dim": self.x_dim, "hidden": list(self.hidden), "latent": self.latent,
                        "activation": activation, "disc_hidden": list(disc_hidden), "disc_lr": float(disc_lr),
-                       "dtype": self.dtype.name, "seed": int(seed)}
+                       "beta": self.beta, "dtype": self.dtype.name, "seed": int(seed)}
         self.discriminator = Discriminator(self.discriminator_samples, self.latent, disc_hidden,
                                            activation="softplus", lr=float(disc_lr), dtype=self.dtype,
                                            seed=int(seed) + 1)
@@ -129,10 +132,11 @@ class DRVAE(VAE):
         z = mu + sigma * eps                                          # z = mu + sigma eps
         logits, dec_cache = self.decoder.forward(z)
         rec, dlogits = kernels.bernoulli_nll(x, logits, 1.0 / N)     # -log p(x|z)
-        kl, dmu_kl, dlogvar_kl = kernels.gaussian_kl_std(mu, logvar, 1.0 / N)   # KL(q(z|x) || N(0, I))
+        w = self.beta / N                                             # beta = 1: (OP); < 1: warm-up
+        kl, dmu_kl, dlogvar_kl = kernels.gaussian_kl_std(mu, logvar, w)   # KL(q(z|x) || N(0, I))
         disc = self.discriminator
         t, t_cache = disc.forward(z)                                  # T_psi(z) ~ ln q(z)/p(z)
-        loss = float(np.mean(rec) - np.mean(t) + np.mean(kl))        # -(OP)
+        loss = float(np.mean(rec) + self.beta * (np.mean(kl) - np.mean(t)))   # -(OP)
         if not grad:
             return loss, None
 
@@ -140,7 +144,7 @@ class DRVAE(VAE):
         dz = self.decoder.backward(dlogits, dec_cache)                # through log p(x|z)
         # through -T_psi(z): dT/dz by the discriminator's backward (it adds to its own param
         # grads too; its loss zeroes them before its step, and they are not returned here)
-        dz += disc.backward(np.full(N, -1.0 / N, dtype=self.dtype), t_cache)
+        dz += disc.backward(np.full(N, -w, dtype=self.dtype), t_cache)
         dmu = dz + dmu_kl                                             # dz/dmu = 1
         dlogvar = dz * eps * (0.5 * sigma) + dlogvar_kl               # dz/dlogvar = eps sigma / 2
         self.encoder.backward(np.concatenate([dmu, dlogvar], axis=1), enc_cache, need_dx=False)
