@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 from nplvm import plots  # noqa: E402
 from nplvm.data import load_dataset  # noqa: E402
 from nplvm.gradcheck import check_model, numerical_grad, rel_error  # noqa: E402
-from nplvm.models.discriminator import (Discriminator, gaussian_log_ratio, logistic_loss,  # noqa: E402
+from nplvm.models.discriminator import (Discriminator, gaussian_log_ratio,  # noqa: E402
                                         logistic_regression, quadratic_coefficients)
 from nplvm.models.drvae import DRVAE  # noqa: E402
 from nplvm.models.vae import VAE  # noqa: E402
@@ -180,7 +180,17 @@ def latent_plane(mu, logvar, lim, n=200):
 
 
 def train2d(model, x, args, epochs, lr=2e-3):
-    fit(model, Adam(lr), x, epochs=epochs, batch_size=100, seed=args.seed, progress=False, log=None)
+    """Adam with a KL warm-up (beta = 0, 1/W, ..., 1 over the first W epochs, as in the benchmark):
+    without it a VampPrior's encoder collapses onto its own prior (see nplvm/models/vampprior.py)."""
+    W = max(1, epochs // 4)
+
+    def warmup(m, epoch):
+        m.beta = min(1.0, epoch / W)
+
+    warmup(model, 0)
+    fit(model, Adam(lr), x, epochs=epochs, batch_size=100, seed=args.seed, progress=False, log=None,
+        eval_fn=warmup)
+    assert model.beta == 1.0
     return model
 
 
