@@ -46,7 +46,7 @@ TOMCZAK_WELLING = {"vae": 88.56, "vampprior": 85.57}      # Table 2, L = 1, MNIS
 MODELS = ("vae", "vampprior", "drvae")
 
 
-def build_model(kind, args):
+def build_model(kind, args, x_train=None):
     from nplvm.models.drvae import DRVAE
     from nplvm.models.vae import VAE
     from nplvm.models.vampprior import VampPrior
@@ -54,7 +54,10 @@ def build_model(kind, args):
     if kind == "vae":
         return VAE(**net)
     if kind == "vampprior":
-        return VampPrior(n_pseudo=args.n_pseudo, **net)
+        m = VampPrior(n_pseudo=args.n_pseudo, **net)
+        if args.pseudo_init == "data":
+            m.init_pseudo_inputs(x_train, rng=args.seed)
+        return m
     if kind == "drvae":
         return DRVAE(disc_hidden=args.disc_hidden, disc_lr=args.disc_lr, **net)
     raise ValueError(f"unknown model {kind!r}; expected one of {MODELS}")
@@ -74,7 +77,7 @@ def run_one(kind, args, ds, x_test, log=print):
     from nplvm.optim import Adam
     from nplvm.train import fit
 
-    model = build_model(kind, args)
+    model = build_model(kind, args, ds.train[:args.n_train])
 
     def warmup(m, epoch):
         """KL warm-up: beta = epoch / W for the epoch after ``epoch`` (0, 1/W, ..., 1), then 1."""
@@ -146,6 +149,8 @@ def main(argv=None):
     p.add_argument("--latent", type=int, default=40)
     p.add_argument("--activation", default="tanh")
     p.add_argument("--n-pseudo", type=int, default=500, help="VampPrior pseudo-inputs K")
+    p.add_argument("--pseudo-init", choices=("random", "data"), default="random",
+                   help="VampPrior pseudo-inputs start as grey noise (random, the paper's) or at K training images")
     p.add_argument("--disc-hidden", default="256,256", help="the density-ratio model's discriminator")
     p.add_argument("--disc-lr", type=float, default=5e-4)
     p.add_argument("--n-train", type=int, default=None, help="train on the first n images (default all 50,000)")
