@@ -44,7 +44,10 @@ T = T* exactly, since then p_T = q(z)).  With a learned T the normaliser is not 
 
 with the proposal r = 1/2 N(0, I) + 1/2 q_M(z), q_M the aggregated posterior of M reference images
 (when given; N(0, I) alone otherwise).  The defensive half N(0, I) bounds the weights by
-2 exp(T); the q_M half puts samples where exp(T) is large.  The estimate is cached for the current
+2 exp(T); the q_M half puts samples where exp(T) is large.  If T_psi ~ ln q(z)/N(z), then
+N(z) exp(T(z)) ~ q(z) and the weights are ~2 where q_M = q: pass all the training images as the
+reference (a q_M of a subset leaves regions where exp(T) is large and q_M small, whose rare
+samples make the weights heavy-tailed, and log Z_T, averaged in log space, is then biased low).  The estimate is cached for the current
 discriminator parameters (it is recomputed, with N(0, I) alone, when they change).
 
 Public API
@@ -176,7 +179,8 @@ class DRVAE(VAE):
             k = g.integers(0, mu.shape[0], n - half)
             z[half:] = mu[k] + np.exp(0.5 * logvar[k]) * g.standard_normal((n - half, L))
             log_n = -0.5 * np.sum(LOG_2PI + z * z, axis=1)
-            log_qm = np.concatenate([log_mixture(z[i:i + 2000], mu, logvar)[0] for i in range(0, n, 2000)])
+            c = max(1, 4_000_000 // mu.shape[0])                    # rows per chunk: (c, M) at most 4e6 entries
+            log_qm = np.concatenate([log_mixture(z[i:i + c], mu, logvar)[0] for i in range(0, n, c)])
             log_r = np.logaddexp(log_n, log_qm) - math.log(2.0)
         t = np.concatenate([self.discriminator.log_ratio(z[i:i + 5000].astype(self.dtype))
                             for i in range(0, n, 5000)]).astype(np.float64)
