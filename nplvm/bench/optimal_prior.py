@@ -10,7 +10,9 @@ Welling's one-layer sizes, with plain instead of gated layers), Adam lr 5e-4, ba
 the 50,000 training images for ``--epochs`` epochs (the same for all: matched epochs), with the
 same KL warm-up for all (``--warmup`` W: the KL weighted by beta = 0, 1/W, ..., 1 in epochs
 1..W+1, then 1, as Tomczak & Welling do over 100 epochs; without it the VampPrior stalls at the
-collapsed encoder, see vampprior.py).  Scored on ``--n-test`` evenly spaced test images (the test file is sorted by digit):
+collapsed encoder, see vampprior.py).  The VampPrior's K = 500 pseudo-inputs start at K random
+training images and are learned (``--pseudo-init random``: grey noise, as in the paper; measured
+here 1.2 nats worse at 12 epochs).  Scored on ``--n-test`` evenly spaced test images (the test file is sorted by digit):
 
     test NLL     -log p(x) by importance sampling with K samples (``objectives.importance_sampled_log_px``)
     test NELBO   one-sample -ELBO from ``log_weights`` (comparable across the three)
@@ -159,8 +161,8 @@ def main(argv=None):
     p.add_argument("--latent", type=int, default=40)
     p.add_argument("--activation", default="tanh")
     p.add_argument("--n-pseudo", type=int, default=500, help="VampPrior pseudo-inputs K")
-    p.add_argument("--pseudo-init", choices=("random", "data"), default="random",
-                   help="VampPrior pseudo-inputs start as grey noise (random, the paper's) or at K training images")
+    p.add_argument("--pseudo-init", choices=("random", "data"), default="data",
+                   help="VampPrior pseudo-inputs start at K training images (data, the default: measured 1.2 nats better than random at 12 epochs) or as grey noise (random, the paper's)")
     p.add_argument("--disc-hidden", default="256,256", help="the density-ratio model's discriminator")
     p.add_argument("--disc-lr", type=float, default=5e-4)
     p.add_argument("--n-train", type=int, default=None, help="train on the first n images (default all 50,000)")
