@@ -141,3 +141,19 @@ def test_drvae_grad_warmup_beta():
     for p in m.discriminator.params.values():
         p += np.random.default_rng(2).normal(0, 0.5, p.shape)
     assert_model_grads(m, binary(), tol=TOL, eps=1e-4, seed=12, max_entries_per_param=None)
+
+
+def test_log_normalizer_calls_pool_their_samples():
+    m = small(disc_hidden=[])
+    W, b = m.discriminator.params["layers.0.W"], m.discriminator.params["layers.0.b"]
+    W[...] = 0
+    W[0, 0], b[0] = 1.5, 0.2
+    exact = 0.2 + 1.5 ** 2 / 2
+    one, se1 = m.estimate_log_normalizer(20000, rng=1)
+    first = m.last_batch_log_z
+    pooled, se2 = m.estimate_log_normalizer(20000, rng=2)
+    assert first == pytest.approx(one, abs=1e-12) and se2 < se1  # pooled: more samples, smaller SE
+    assert abs(pooled - exact) < 4 * se2
+    W[0, 0] = 1.0                                              # new psi: the pool starts afresh
+    fresh, _ = m.estimate_log_normalizer(20000, rng=3)
+    assert fresh == pytest.approx(m.last_batch_log_z, abs=1e-12) and abs(fresh - (0.2 + 0.5)) < 0.05

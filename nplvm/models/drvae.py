@@ -109,6 +109,8 @@ class DRVAE(VAE):
                                            activation="softplus", lr=float(disc_lr), dtype=self.dtype,
                                            seed=int(seed) + 1)
         self._log_z = None                       # (fingerprint of psi, log Z_T, standard error)
+        self._z_pool = None                      # (fingerprint, shift, sum w, sum w^2, n): pooled samples
+        self.last_batch_log_z = None
 
     def __repr__(self):
         return f"DRVAE({self.encoder!r} | {self.decoder!r}; T_psi {self.discriminator.net!r})"
@@ -165,7 +167,10 @@ class DRVAE(VAE):
 
         Proposal r = N(0, I), or with x_ref (M, D) given r = 1/2 N(0, I) + 1/2 (1/M) sum_m q(z|x_m).
         log Z ~= logmeanexp_i [log N(z_i) + T(z_i) - log r(z_i)]; the standard error of log Z is
-        std(w) / (mean(w) sqrt(n)) (the delta method).  The result is cached for these psi.
+        std(w) / (mean(w) sqrt(n)) (the delta method).  Calls with the same psi POOL their samples (the
+        weights' sum, so the pooled Z-hat stays unbiased); ``last_batch_log_z`` is this call's alone,
+        and the spread of those across calls shows heavy-tailed weights the SE may understate.  The
+        pooled result is cached for these psi.
         """
         g = make_rng(rng)
         n, L = int(n_samples), self.latent
@@ -185,10 +190,22 @@ class DRVAE(VAE):
         t = np.concatenate([self.discriminator.log_ratio(z[i:i + 5000].astype(self.dtype))
                             for i in range(0, n, 5000)]).astype(np.float64)
         log_w = log_n + t - log_r
-        log_z = float(logsumexp(log_w) - math.log(n))
-        w = np.exp(log_w - log_w.max())
-        se = float(np.std(w) / (np.mean(w) * math.sqrt(n)))
-        self._log_z = (self._fingerprint(), log_z, se)
+        self.last_batch_log_z = float(logsumexp(log_w) - math.log(n))     # this call's samples alone
+        # pool with the earlier calls' samples for the same psi (Z-hat is unbiased: pool in Z, not log Z)
+        fp, m = self._fingerprint(), float(log_w.max())
+        if self._z_pool is not None and self._z_pool[0] == fp:
+            _, m0, s1, s2, n0 = self._z_pool
+            top = max(m, m0)
+            s1 = s1 * math.exp(m0 - top) + float(np.sum(np.exp(log_w - top)))
+            s2 = s2 * math.exp(2 * (m0 - top)) + float(np.sum(np.exp(2 * (log_w - top))))
+            n, m = n0 + n, top
+        else:
+            s1, s2 = float(np.sum(np.exp(log_w - m))), float(np.sum(np.exp(2 * (log_w - m))))
+        self._z_pool = (fp, m, s1, s2, n)
+        mean = s1 / n
+        se = math.sqrt(max(s2 / n - mean * mean, 0.0) / n) / mean      # SE of log Z-hat (delta method)
+        log_z = m + math.log(mean)
+        self._log_z = (fp, log_z, se)
         return log_z, se
 
     def log_normalizer(self):
