@@ -79,12 +79,13 @@ PARAMETERS = {
     "rnn_hidden": "size of the recurrent state h_t",
     "features": "size of the feature extractors phi_x, phi_z",
     "gamma": "weight of the total correlation TC(z) (FactorVAE; 0 = the VAE)",
-    "disc_hidden": "hidden layer widths of the discriminator's MLP, comma-separated",
-    "disc_lr": "learning rate of the discriminator (the second player)",
+    "disc_hidden": "hidden layer widths of the discriminator T_psi, comma-separated",
+    "disc_lr": "learning rate of the discriminator's optimiser (the second player; it steps after every model step)",
     "quadrants": "observed MNIST quadrants, 1, 2 or 3 (Sohn's layout: bottom-left; left half; all but bottom-right)",
     "objective": "the conditional model's training objective: cvae (the ELBO with q(z|x,y)), gsnn (z from the prior p(z|x)) or hybrid",
     "alpha": "the hybrid objective's weight on the CVAE term: alpha L_CVAE + (1 - alpha) L_GSNN",
     "n_classes": "number of label classes (one-hot condition)",
+    "n_pseudo": "number of pseudo-inputs K of the VampPrior p(z) = (1/K) sum_k q(z|u_k)",
 }
 NOT_FLAGS = ("self", "x_dim", "seed")        # x_dim: from the data; seed: the common --seed
 

@@ -123,6 +123,10 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "The NVDM's softmax decoder with word counts: the gradient of -log p(d|z) w.r.t. the logits",
         regions=("nvdm-softmax-gradient",),
         tests=("tests/test_nvdm.py",), select="grad", lesson="lessons/20_nvdm.py"),
+    "vampprior-gradient": Assignment(
+        "The VampPrior KL's gradient: d log (1/K) sum_k N(z | m_k, e^s_k) w.r.t. z, m_k and s_k (on to the pseudo-inputs)",
+        regions=("vampprior-gradient",),
+        tests=("tests/test_vampprior.py",), select="grad", lesson="lessons/18_optimal_prior.py"),
     "vrnn-bptt": Assignment(
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),

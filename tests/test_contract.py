@@ -24,6 +24,9 @@ CONFIGS = {
                  activation="tanh", dtype="float64", seed=1),
     "cvae-baseline": dict(x_dim=16, hidden=[6], quadrants=1, activation="tanh", dtype="float64", seed=1),
     "nvdm": dict(x_dim=12, hidden=[6], latent=2, activation="tanh", dtype="float64", seed=1),
+    "vampprior": dict(x_dim=12, hidden=[7], latent=3, activation="tanh", n_pseudo=4, dtype="float64", seed=1),
+    "drvae": dict(x_dim=12, hidden=[7], latent=3, activation="tanh", disc_hidden=[5], disc_lr=1e-3,
+                  dtype="float64", seed=1),
     "factorvae": dict(x_dim=12, hidden=[7], latent=3, activation="tanh", gamma=2.0, disc_hidden=[5],
                       disc_lr=1e-3, dtype="float64", seed=1),
 }

@@ -25,6 +25,8 @@ _MODULES = {
     "cvae": "nplvm.models.cvae",
     "cvae-baseline": "nplvm.models.cvae",
     "nvdm": "nplvm.models.nvdm",
+    "vampprior": "nplvm.models.vampprior",
+    "drvae": "nplvm.models.drvae",
 }
 
 
