@@ -244,5 +244,5 @@ class DRVAE(VAE):
         xk = np.broadcast_to(x, (K, N, self.x_dim)).reshape(K * N, self.x_dim)
         nll, _ = kernels.bernoulli_nll(xk, logits)
         t = self.discriminator.forward(zf)[0].reshape(K, N)
-        return (-nll.reshape(K, N) + _log_prior_minus_log_q(z, eps, logvar) + t
+        return (-nll.reshape(K, N) + _log_prior_minus_log_q(z, mu, logvar) + t
                 - self.dtype.type(self.log_normalizer()))
