@@ -63,6 +63,8 @@ PARAMETERS = {
     "n_hidden": "size of the recurrent state h_t",
     "n_features": "size of the feature extractors phi_x, phi_z",
     "n_mlp": "width of the prior, encoder and decoder MLPs",
+    "batch_norm": "batch normalisation after every hidden layer (batch statistics in training, running ones in evaluation)",
+    "warmup": "KL warm-up: epochs over which the KL weight rises linearly from 0 to 1 (0 = none)",
 }
 NOT_FLAGS = ("self", "x_dim", "seed")        # x_dim: from the data; seed: the common --seed
 

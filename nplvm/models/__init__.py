@@ -17,6 +17,8 @@ _MODULES = {
     "vrnn": "nplvm.models.vrnn",
     "fa": "nplvm.models.fa",
     "ppca": "nplvm.models.fa",
+    "hvae": "nplvm.models.hvae",
+    "lvae": "nplvm.models.hvae",
 }
 
 
