@@ -251,7 +251,10 @@ class _Hierarchy:
             raise ValueError(f"expected batch_norm to be True or False, got {batch_norm!r}")
         if isinstance(warmup, bool) or int(warmup) != warmup or warmup < 0:
             raise ValueError(f"expected warmup to be a number of epochs >= 0 (0: no warm-up), got {warmup!r}")
-        self.dtype = check_dtype(dtype)
+        try:
+            self.dtype = check_dtype(dtype)
+        except TypeError as e:
+            raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}") from e
         self.x_dim, self.hidden, self.latent = int(x_dim), hidden, latent
         self.activation, self.batch_norm, self.warmup = activation, bool(batch_norm), int(warmup)
         self.config = {"x_dim": self.x_dim, "hidden": list(hidden), "latent": list(latent),
