@@ -90,6 +90,10 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),
         tests=("tests/test_vrnn.py",), select="grad"),
+    "lvae-merge-gradient": Assignment(
+        "The Ladder VAE's precision-weighted merge: its backward to both Gaussians' means and log-variances",
+        regions=("lvae-merge-gradient",),
+        tests=("tests/test_hvae.py",), select="merge or grad"),
 }
 
 
