@@ -233,6 +233,7 @@ def test_log_weights_chunks_and_importance_sampling():
 
 def test_warmup_schedule_and_fit_hook():
     m = small(HVAE, warmup=4, dtype="float32")
+    assert m.kl_weight == 1.0                                    # the ELBO until a schedule sets it
     assert [m.set_epoch(e) for e in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     assert small(HVAE).set_epoch(0) == 1.0                       # no warm-up: the ELBO
     seen = []

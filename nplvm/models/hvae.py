@@ -61,7 +61,8 @@ Loss, KL warm-up, batch normalisation
 beta_e = 1 (the ELBO) unless ``warmup`` = n > 0: then beta_e = min(1, e / n) in epoch e (0-based),
 rising from 0 to 1 over the first n epochs (Sonderby et al.'s "warm-up").  The hook: ``set_epoch(e)``
 sets it; ``nplvm.train.fit`` calls ``model.set_epoch(epoch)`` at the start of every epoch when the
-model has that method (so a resumed run gets the right beta).  ``kl_weight`` holds the current beta.
+model has that method (so a resumed run gets the right beta).  ``kl_weight`` holds the current beta:
+1 for a new or rebuilt model (so a loaded checkpoint's loss is the -ELBO), until ``set_epoch``.
 
 ``batch_norm=True`` puts a ``nn.BatchNorm`` after every hidden layer of every MLP (after the
 activation, so every Linear bias keeps a gradient).  A loss WITH gradients (a training step) uses
@@ -283,8 +284,7 @@ class _Hierarchy:
             for name, a in (net.buffers().items() if isinstance(net, _Net) else ()):
                 self.params[prefix + name] = a                    # running statistics: zero gradient
         self._nets = [m for _, m in nets]
-        self.kl_weight = 1.0
-        self.set_epoch(0)
+        self.kl_weight = 1.0          # the ELBO; train.fit's set_epoch(e) applies the warm-up schedule
 
     # -- KL warm-up hook -----------------------------------------------------------------------------
     def set_epoch(self, epoch):
