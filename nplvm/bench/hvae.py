@@ -121,7 +121,8 @@ def run_model(name, ds, x_test, args, log):
            "test_nelbo": float(test_nelbo), "test_nll_is": float(-log_px.mean()),
            "test_nll_is_se": float(log_px.std(ddof=1) / np.sqrt(len(log_px))),
            "active_units": au["counts"], "layer_sizes": au["sizes"], "kl_per_layer_test": kl.tolist(),
-           "K": int(args.K), "n_test": int(len(x_test)), "eval_seconds": t_eval, "stopped_by_budget": stopped}
+           "K": int(args.K), "n_test": int(len(x_test)), "eval_seconds": t_eval, "stopped_by_budget": stopped,
+           "test_log_px": [round(float(v), 4) for v in log_px]}       # per image: paired comparisons
     log(f"[{name}] {res['epochs']} epochs ({res['seconds_per_epoch'] or 0:.1f} s/epoch); test NELBO "
         f"{res['test_nelbo']:.2f}, IS NLL {res['test_nll_is']:.2f} +- {res['test_nll_is_se']:.2f} "
         f"(K = {args.K}, {len(x_test)} images); active units {au['counts']} of {au['sizes']}; "
