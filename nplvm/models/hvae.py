@@ -283,7 +283,6 @@ class _Hierarchy:
                 self._grads[prefix + name] = p.grad
             for name, a in (net.buffers().items() if isinstance(net, _Net) else ()):
                 self.params[prefix + name] = a                    # running statistics: zero gradient
-        self._nets = [m for _, m in nets]
         self.kl_weight = 1.0          # the ELBO; train.fit's set_epoch(e) applies the warm-up schedule
 
     # -- KL warm-up hook -----------------------------------------------------------------------------
@@ -419,7 +418,7 @@ class _Hierarchy:
         for g in self._grads.values():
             g.fill(0)
         n_layers, top = len(self.latent), len(self.latent) - 1
-        eps, z, sigma = f["eps"], f["z"], f["sigma"]
+        eps, sigma = f["eps"], f["sigma"]
         dz = [None] * n_layers
         dz[0] = self.dec.backward(dlogits, f["c_dec"])               # d loss / dz_1 through p(x|z_1)
         if not self.ladder:
