@@ -324,3 +324,25 @@ def test_bad_data():
     with pytest.raises(DataError, match="eps"):
         m.decode_noise(np.zeros((2, 4)))
     assert rel_error(np.zeros(1), np.zeros(1)) == 0.0
+
+
+# -- the benchmark script, tiny settings ---------------------------------------------------------
+
+def test_bench_quick_and_table(tmp_path):
+    from nplvm.bench import hvae as bench
+    lines = []
+    out = tmp_path / "r.json"
+    res = bench.main(["--quick", "--models", "vae,hvae2,lvae2+bn+wu", "--out", str(out)], log=lines.append)
+    assert [r["model"] for r in res["models"]] == ["vae", "hvae2", "lvae2+bn+wu"]
+    for r in res["models"]:
+        assert r["epochs"] == 2 and np.isfinite(r["test_nll_is"]) and len(r["test_log_px"]) == r["n_test"]
+        assert len(r["active_units"]) == len(r["layer_sizes"]) == len(r["kl_per_layer_test"])
+    assert res["models"][2]["kl_weight"] == [0.0, 1.0]                # warm-up over 1 epoch in --quick
+    assert json.loads(out.read_text())["models"][1]["layer_sizes"] == [64, 32]
+    text = "\n".join(lines)
+    assert "anchor: Burda" in text and "lvae2+bn+wu" in text
+    lines.clear()
+    bench.main(["--table", str(out)], log=lines.append)
+    assert sum(line.startswith(("vae ", "hvae2 ", "lvae2+bn+wu ")) for line in lines) == 3
+    with pytest.raises(ValueError, match="model name"):
+        bench.main(["--quick", "--models", "lvae9"])
