@@ -140,6 +140,7 @@ def main(argv=None):
     for ax, (name, h) in zip(axes, kl_hist.items()):
         for i in range(h.shape[1]):
             ax.plot(np.arange(1, epochs + 1), h[:, i], marker="o", label=f"layer {i + 1} ({cfg['latent'][i]} units)")
+        ax.axvspan(0.5, cfg["warmup"] + 0.5, color="0.9", zorder=0, label="KL warm-up (weight < 1)")
         ax.set_title(f"{name}: KL term per layer")
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
