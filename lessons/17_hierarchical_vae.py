@@ -145,7 +145,8 @@ def main(argv=None):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend()
-    axes[0].set_ylabel("nats per image (valid)")
+    axes[0].set_ylabel("nats per image (valid, log scale)")
+    axes[0].set_yscale("log")            # epoch 1 (KL weight 0) can be 10x the rest
     results["figures"].append(C.save_figure(fig, args.out / "kl_per_layer.png"))
     results["kl_per_layer"] = {k: v.tolist() for k, v in kl_hist.items()}
 
