@@ -86,6 +86,8 @@ PARAMETERS = {
     "alpha": "the hybrid objective's weight on the CVAE term: alpha L_CVAE + (1 - alpha) L_GSNN",
     "n_classes": "number of label classes (one-hot condition)",
     "n_pseudo": "number of pseudo-inputs K of the VampPrior p(z) = (1/K) sum_k q(z|u_k)",
+    "batch_norm": "batch normalisation after every hidden layer (batch statistics in training, running ones in evaluation)",
+    "warmup": "KL warm-up: epochs over which the KL weight rises linearly from 0 to 1 (0 = none)",
 }
 NOT_FLAGS = ("self", "x_dim", "seed")        # x_dim: from the data; seed: the common --seed
 

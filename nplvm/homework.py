@@ -136,6 +136,10 @@ ASSIGNMENTS: dict[str, Assignment] = {
         regions=("factorvae-tc-gradient",),
         tests=("tests/test_factorvae.py",), select="gradient or gamma_zero or fit",
         lesson="lessons/19_factorvae.py"),
+    "lvae-merge-gradient": Assignment(
+        "The Ladder VAE's precision-weighted merge: its backward to both Gaussians' means and log-variances",
+        regions=("lvae-merge-gradient",),
+        tests=("tests/test_hvae.py",), select="merge or grad", lesson="lessons/17_hierarchical_vae.py"),
 }
 
 

@@ -756,3 +756,103 @@ class GRUCell(Module):
 
     def __repr__(self):
         return f"GRUCell({self.n_in} -> {self.n_hidden}, dtype={self.W_r.value.dtype})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch normalisation (Ioffe & Szegedy, 2015); appended here, listed in __all__ below
+# ----------------------------------------------------------------------------------------------
+
+class BatchNorm(Module):
+    """Batch normalisation of the columns of x, with a learned scale and shift.
+
+    Training (``train=True``): with the batch mean and (biased) variance of each column,
+
+        m = (1/N) sum_n x_n,   v = (1/N) sum_n (x_n - m)^2,   s = 1 / sqrt(v + eps)
+        x^_n = (x_n - m) s,    y_n = gamma * x^_n + beta
+
+    and the running statistics move towards the batch's (``momentum`` rho):
+
+        running_mean <- (1 - rho) running_mean + rho m
+        running_var  <- (1 - rho) running_var  + rho v N / (N - 1)      (unbiased)
+
+    Evaluation (``train=False``): the same affine map with m, v replaced by the running
+    statistics, so each row is normalised on its own (a batch of one, or K importance samples
+    of one image, gives the same output per row as any other batch).
+
+    Backward in training mode (m and v depend on every row of the batch):
+
+        dgamma = sum_n dy_n x^_n,   dbeta = sum_n dy_n
+        dx_n   = gamma s / N * (N dy_n - sum_k dy_k - x^_n sum_k dy_k x^_k)
+
+    In evaluation mode m and v are constants: dx = dy gamma s.
+    Shapes: x, y (N, n); gamma, beta, running_mean, running_var (n,).  Parameters ``gamma``
+    (ones) and ``beta`` (zeros); the running statistics are buffers (plain arrays, updated in
+    place), not Parameters: no gradient reaches them.
+    """
+
+    def __init__(self, n, dtype=np.float32, momentum=0.1, eps=1e-5):
+        if int(n) != n or n < 1:
+            raise ValueError(f"expected a positive integer number of features n, got {n!r}")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"expected momentum in (0, 1], got {momentum!r}")
+        if not eps > 0:
+            raise ValueError(f"expected eps > 0, got {eps!r}")
+        dt = check_dtype(dtype)
+        self.n, self.momentum, self.eps = int(n), float(momentum), float(eps)
+        self.gamma = Parameter(np.ones(self.n, dtype=dt))
+        self.beta = Parameter(np.zeros(self.n, dtype=dt))
+        self.running_mean = np.zeros(self.n, dtype=dt)
+        self.running_var = np.ones(self.n, dtype=dt)
+
+    def astype(self, dtype):
+        super().astype(dtype)
+        dt = check_dtype(dtype)
+        self.running_mean = self.running_mean.astype(dt)
+        self.running_var = self.running_var.astype(dt)
+        return self
+
+    def forward(self, x, train=True):
+        """x (N, n) -> y (N, n), cache.  ``train``: batch statistics (and update the running
+        ones) or the running statistics (evaluation)."""
+        _check_input(x, "x", self.n, self.gamma.value.dtype)
+        xp = xp_of(x)
+        if train:
+            N = x.shape[0]
+            if N < 2:
+                raise DataError(f"expected at least 2 rows for batch statistics, got x of shape "
+                                f"{tuple(x.shape)}; use train=False (running statistics) for one row")
+            m = x.mean(axis=0)                                   # m = (1/N) sum_n x_n
+            xc = x - m
+            v = (xc * xc).mean(axis=0)                           # v = (1/N) sum_n (x_n - m)^2
+            rho = self.momentum
+            self.running_mean *= 1 - rho                         # in place: arrays others hold
+            self.running_mean += rho * m
+            self.running_var *= 1 - rho
+            self.running_var += rho * v * (N / (N - 1))
+        else:
+            xc = x - self.running_mean
+            v = self.running_var
+        s = 1 / xp.sqrt(v + self.eps)                            # s = 1 / sqrt(v + eps)
+        xhat = xc * s                                            # x^ = (x - m) s
+        y = self.gamma.value * xhat + self.beta.value            # y = gamma x^ + beta
+        return y, (xhat, s, train)
+
+    def backward(self, dy, cache):
+        """dy = dL/dy (N, n) -> dL/dx (N, n); dgamma and dbeta are ADDED to the grads."""
+        xhat, s, train = cache
+        _check_grad(dy, "dy", xhat)
+        self.gamma.grad += (dy * xhat).sum(axis=0)               # dgamma = sum_n dy_n x^_n
+        dbeta = dy.sum(axis=0)
+        self.beta.grad += dbeta                                  # dbeta = sum_n dy_n
+        gs = self.gamma.value * s
+        if not train:
+            return dy * gs                                       # constants m, v: dx = dy gamma s
+        N = dy.shape[0]
+        # dx_n = gamma s / N (N dy_n - sum_k dy_k - x^_n sum_k dy_k x^_k)
+        return (gs / N) * (N * dy - dbeta - xhat * (dy * xhat).sum(axis=0))
+
+    def __repr__(self):
+        return f"BatchNorm({self.n}, momentum={self.momentum}, eps={self.eps}, dtype={self.gamma.value.dtype})"
+
+
+__all__.append("BatchNorm")

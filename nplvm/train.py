@@ -435,6 +435,8 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
     clip_norm   if given, rescale gradients so their global norm is at most clip_norm:
                 g <- g * min(1, clip_norm / ||g||)
     eval_fn     optional eval_fn(model, epoch) -> dict of extra metrics for the epoch record
+                (a model with a ``set_epoch(epoch)`` method has it called with the 0-based epoch
+                before the epoch's first batch: a schedule such as KL warm-up, resume-safe)
                 (a "valid_nelbo" it returns replaces the built-in one)
     resume      continue from out_dir/checkpoint.npz (params, optimiser state, history);
                 bit-identical to an uninterrupted run with the same arguments.  The model
@@ -518,6 +520,8 @@ def fit(model, optimizer, x_train, x_valid=None, epochs=10, batch_size=100, seed
     show_bar = progress and sys.stderr.isatty()
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
+        if hasattr(model, "set_epoch"):                # per-epoch schedules, e.g. KL warm-up
+            model.set_epoch(epoch)
         ckpt_note = (f"the last good checkpoint ({str(ckpt)!r}, epoch {saved}) is untouched"
                      if saved is not None else "no checkpoint of this run was written")
         order = epoch_permutation(n, seed, epoch)

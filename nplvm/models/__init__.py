@@ -27,6 +27,8 @@ _MODULES = {
     "nvdm": "nplvm.models.nvdm",
     "vampprior": "nplvm.models.vampprior",
     "drvae": "nplvm.models.drvae",
+    "hvae": "nplvm.models.hvae",
+    "lvae": "nplvm.models.hvae",
 }
 
 

@@ -90,6 +90,7 @@ import kernels
 from ..backend import check_dtype
 from ..backend import rng as make_rng
 from ..checks import DataError, check_array, check_binary, check_finite, one_of, positive_int
+from ..distributions import reparameterize_backward
 from ..nn import MLP
 from . import register
 from .vae import parse_hidden
@@ -323,14 +324,15 @@ class _ConditionalVAE:
         dlogvar_p = np.zeros_like(logvar_p)
         if w_c > 0:
             k = w_c / N                                              # d loss / d KL_n
-            dmu_q = dz[0] + k * dmu_q_kl                             # z = mu_q + sigma_q eps
-            dlogvar_q = dz[0] * eps_q * (0.5 * sigma_q) + k * dlogvar_q_kl
-            self.recognition.backward(np.concatenate([dmu_q, dlogvar_q], 1), rec_cache, need_dx=False)
+            dmu_q, dlogvar_q = reparameterize_backward(dz[0], eps_q, logvar_q)   # z = mu_q + sigma_q eps
+            self.recognition.backward(np.concatenate([dmu_q + k * dmu_q_kl, dlogvar_q + k * dlogvar_q_kl], 1),
+                                      rec_cache, need_dx=False)
             dmu_p += k * dmu_p_kl                                    # the KL pulls the prior too
             dlogvar_p += k * dlogvar_p_kl
         if w_g > 0:
-            dmu_p += dz[-1]                                          # z' = mu_p + sigma_p eps'
-            dlogvar_p += dz[-1] * eps_p * (0.5 * sigma_p)
+            dmu_g, dlogvar_g = reparameterize_backward(dz[-1], eps_p, logvar_p)   # z' = mu_p + sigma_p eps'
+            dmu_p += dmu_g
+            dlogvar_p += dlogvar_g
         self.prior.backward(np.concatenate([dmu_p, dlogvar_p], 1), prior_cache, need_dx=False)
         return loss, {k: a.copy() for k, a in self.grads.items()}
 

@@ -50,12 +50,14 @@ from __future__ import annotations
 
 import numpy as np
 
+import kernels
+
 from ..backend import check_dtype
 from ..backend import rng as make_rng
 from ..checks import DataError, check_array
-from ..distributions import logsumexp, softmax
-from ..nn import MLP, Parameter, glorot_uniform
 from ..data.text import check_counts, load_text_dataset
+from ..distributions import logsumexp, reparameterize_backward, softmax
+from ..nn import MLP, Parameter, glorot_uniform
 from . import register
 from .vae import parse_hidden
 
@@ -193,18 +195,18 @@ class NVDM:
         z = mu + sigma * eps                                          # reparameterization
         logits = self.logits(z)                                       # l = z R + b
         nll, dlogits = softmax_counts_nll(x, logits, 1.0 / B, grad)   # -log p(d|z), eq. (1)
-        kl = 0.5 * np.sum(np.exp(logvar) + mu * mu - 1.0 - logvar, axis=1)
+        kl, dmu_kl, dlogvar_kl = kernels.gaussian_kl_std(mu, logvar, 1.0 / B)   # KL(q(z|d) || N(0, I))
         loss = float(np.mean(nll + kl))
         if not grad:
             return loss, None
-        self.encoder.zero_grad()
+        self.encoder.release_grads()                                  # this call's grads: new arrays
         dR = z.T @ dlogits                                            # l = z R + b
         db = dlogits.sum(axis=0)
         dz = dlogits @ self.R.value.T
-        dmu = dz + mu / B                                             # + dKL/dmu
-        dlogvar = dz * eps * (0.5 * sigma) + (np.exp(logvar) - 1.0) / (2 * B)   # + dKL/dlogvar
-        self.encoder.backward(np.concatenate([dmu, dlogvar], axis=1), enc_cache, need_dx=False)
-        grads = {"enc." + k: p.grad.copy() for k, p in self.encoder.parameters().items()}
+        dmu, dlogvar = reparameterize_backward(dz, eps, logvar)       # through z = mu + sigma eps
+        self.encoder.backward(np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1), enc_cache,
+                              need_dx=False)
+        grads = self.encoder.take_grads("enc.")
         grads.update({"R": dR, "b": db})
         return loss, grads
 
