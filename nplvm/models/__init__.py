@@ -14,6 +14,7 @@ _MODULES = {
     "vae": "nplvm.models.vae",
     "iwae": "nplvm.models.vae",
     "gmvae": "nplvm.models.gmvae",
+    "vade": "nplvm.models.vade",
     "vrnn": "nplvm.models.vrnn",
     "fa": "nplvm.models.fa",
     "ppca": "nplvm.models.fa",
