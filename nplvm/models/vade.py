@@ -263,14 +263,20 @@ class VaDE(Module):
                               c_enc, need_dx=False)
         return loss, self._grads()
 
-    def pretrain_loss(self, x, rng=None, grad=True):
+    def pretrain_loss(self, x, rng=None, grad=True, dropout=0.0):
         """The deterministic autoencoder VaDE pretrains: x -> z = mu~(x) -> decoder, loss the batch
         mean of -log p(x | z = mu~(x)) (cross-entropy).  The logvar~ half of the encoder's output
-        and the mixture get zero gradient.  rng is unused (the AE has no noise).
-        Returns (loss, grads keyed like ``params``)."""
+        and the mixture get zero gradient.  dropout > 0 makes it a denoising autoencoder: the
+        encoder reads x with each pixel zeroed with that probability (mask drawn from rng), the
+        loss still scores the clean x.  Returns (loss, grads keyed like ``params``)."""
         x = self.check_input(x)
         N, L = x.shape[0], self.latent
-        mu, logvar, c_enc = self._encode(x)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"expected dropout in [0, 1), got {dropout!r}")
+        x_in = x
+        if dropout > 0:
+            x_in = x * (make_rng(rng).random(x.shape) >= dropout).astype(self.dtype)
+        mu, logvar, c_enc = self._encode(x_in)
         logits, c_dec = self.decoder.forward(mu)
         nll, dlogits = kernels.bernoulli_nll(x, logits, 1.0 / N)
         loss = float(nll.mean())
