@@ -146,7 +146,7 @@ def run_epochs(model, step, x, epochs, *, batch_size=100, lr=1e-3, groups=None, 
 
 VADE_DEFAULTS = {
     "pretrain_epochs": 20, "pretrain_lr": 1e-3, "pretrain_dropout": 0.0,
-    "gmm_inits": 5, "gmm_covariance": "diag",
+    "gmm_inits": 5, "gmm_covariance": "full",
     "epochs": 50, "lr": 2e-3, "lr_mixture": 2e-3, "decay": 0.9, "decay_every": 10,
     "var_floor": 1e-3, "batch_size": 100,
 }

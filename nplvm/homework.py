@@ -86,6 +86,10 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "Fitting q(y|x) to given responsibilities: the cross-entropy gradient through the softmax",
         regions=("gmvae-yhead",),
         tests=("tests/test_gmvae.py",), select="y_head"),
+    "vade-gamma": Assignment(
+        "VaDE's q(c|x) = gamma = p(c|z) from the mixture prior, and its gradient w.r.t. z, pi, mu_c, logvar_c",
+        regions=("vade-gamma", "vade-gamma-backward"),
+        tests=("tests/test_vade.py",), select="grad or gamma"),
     "vrnn-bptt": Assignment(
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),

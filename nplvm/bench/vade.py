@@ -154,7 +154,7 @@ def _parser():
     p.add_argument("--pretrain-epochs", type=int, default=20)
     p.add_argument("--yhead-epochs", type=int, default=5, help="GMVAE: epochs fitting q(y|x) to the GMM")
     p.add_argument("--gmm-inits", type=int, default=5)
-    p.add_argument("--gmm-covariance", default="diag", choices=["diag", "full"],
+    p.add_argument("--gmm-covariance", default="full", choices=["diag", "full"],
                    help="VaDE: the GMM fitted to the codes (full: p(z|c) gets its diagonal)")
     p.add_argument("--dropout", type=float, default=0.0, help="VaDE: denoising pretraining, input dropout")
     p.add_argument("--hidden", default="500,500,2000", help="encoder widths (GMVAE: the first two)")
