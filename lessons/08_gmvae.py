@@ -235,9 +235,9 @@ def main(argv=None):
     dup = sorted({int(d) for d in major if (major == d).sum() > 1})
     missing = sorted(set(range(10)) - set(int(d) for d in major))
     print(f"[4] the majority digit of each component: {major.tolist()}" +
-          (f"; digits {dup} hold two or more components and digits {missing} none: the mixture splits "
-           f"a digit with several styles (1s slanted and upright, 9s and 4s close) and merges digits "
-           f"whose codes overlap; the Hungarian matching then scores a duplicate as an error"
+          (f"; digits {dup} hold two or more components and digits {missing} none: the mixture fitted to "
+           f"the codes splits a digit written in several styles and merges digits whose codes "
+           f"overlap; the Hungarian matching scores every image of a duplicate component as an error"
            if dup else "; one component per digit"))
 
     terms = model.elbo_terms(x_eval, np.random.default_rng(args.seed + 2))
