@@ -206,7 +206,8 @@ def variance_floor(model, var_floor):
 def train_vade(model, x, epochs=50, lr=2e-3, lr_mixture=2e-3, decay=0.9, decay_every=10,
                var_floor=1e-3, batch_size=100, seed=0, on_epoch=None, deadline=None, log=None):
     """Step 3: the ELBO with its schedules (see the module docstring).  Returns its history."""
-    groups = {"nets": (lambda k: k not in MIXTURE, lr), "mixture": (lambda k: k in MIXTURE, lr_mixture)}
+    groups = {"nets": (lambda k: k not in MIXTURE, lr),
+              "mixture": (lambda k: k in MIXTURE and lr_mixture > 0, lr_mixture)}   # 0: held
     return run_epochs(model, model.loss, x, epochs, batch_size=batch_size, groups=groups, lr=lr,
                       decay=decay, decay_every=decay_every, seed=seed, tag=23,
                       after_step=variance_floor(model, var_floor), on_epoch=on_epoch,
@@ -305,14 +306,15 @@ def gmvae_vade_init(model, x_train, pretrain_epochs=10, pretrain_beta=1.0, yhead
 
 def train_gmvae(model, x_train, x_eval, labels_eval, epochs, batch_size=100, lr=1e-3,
                 warmup_epochs=0, seed=0, log=print, eval_every=1, fixed_z_head=False,
-                decay=1.0, decay_every=10, deadline=None):
+                decay=1.0, decay_every=10, deadline=None, lr_prior=None):
     """Train the GMVAE's exact-sum ELBO (``model.loss``), scoring clustering on
     (x_eval, labels_eval) after every ``eval_every`` epochs (the labels only score).
 
     warmup_epochs: a linear KL warm-up (0: beta = 1 from the start); fixed_z_head: keep the
     z-head's weights on onehot(y) at zero, so q(z|x,y) = q(z|x) for every y (VaDE's mean field);
     decay: the learning rate is multiplied by it every ``decay_every`` epochs; deadline: a
-    time.perf_counter() value after which no epoch starts.
+    time.perf_counter() value after which no epoch starts; lr_prior: a separate learning rate
+    for p(z|y) (prior_mu, prior_logvar; 0 holds the initial mixture; None: ``lr``).
     Returns the epoch records, each with ``beta``, ``accuracy``, ``purity``, ``nmi``,
     ``usage``, ``q_entropy``, ``nelbo_beta1`` (the true -ELBO on x_eval, beta = 1).
     """
@@ -336,7 +338,10 @@ def train_gmvae(model, x_train, x_eval, labels_eval, epochs, batch_size=100, lr=
     def zero_onehot_rows():
         onehot_rows[...] = 0.0                                 # q(z|x,y) = q(z|x)
 
-    return run_epochs(model, model.loss, np.ascontiguousarray(x_train), epochs,
+    prior = ("prior_mu", "prior_logvar")
+    groups = None if lr_prior is None else {
+        "nets": (lambda k: k not in prior, lr), "prior": (lambda k: k in prior and lr_prior > 0, lr_prior)}
+    return run_epochs(model, model.loss, np.ascontiguousarray(x_train), epochs, groups=groups,
                       batch_size=batch_size, lr=lr, decay=decay, decay_every=decay_every,
                       seed=seed, tag=13, after_step=zero_onehot_rows if fixed_z_head else None,
                       on_epoch=eval_fn, deadline=deadline)
