@@ -181,16 +181,27 @@ def main(argv=None):
         p2 = (s["z"] - m0) @ basis
         pc = (s["mu_c"] - m0) @ basis
         acc_e = next(c["accuracy"] for c in curve if c["epoch"] == e)
-        for i, (colour, what) in enumerate(((s["assign"], "cluster argmax gamma"), (yt, "digit (label)"))):
+        as_digit = matched_digit(yt, s["assign"], K)[s["assign"]]          # cluster -> its matched digit
+        for i, (colour, what) in enumerate(((as_digit, "cluster, coloured as its matched digit"),
+                                            (yt, "digit (label)"))):
             ax = axes[i, j]
-            ax.scatter(p2[:, 0], p2[:, 1], c=cmap(colour % 10), s=3, alpha=0.6, linewidths=0)
+            cols_ = np.where(colour[:, None] >= 0, cmap(np.maximum(colour, 0) % 10), (0.6, 0.6, 0.6, 1.0))
+            ax.scatter(p2[:, 0], p2[:, 1], c=cols_, s=3, alpha=0.6, linewidths=0)
             ax.scatter(pc[:, 0], pc[:, 1], marker="x", c="k", s=40)
             ax.set_title(f"{'after GMM init' if e == 0 else f'ELBO epoch {e}'}: {what}" +
                          (f"\naccuracy {acc_e:.3f}" if i == 0 else ""), fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("mu~(x) of the test images, 2-D PCA of each snapshot (x: the means mu_c)", fontsize=9)
-    results["figures"].append(C.save_figure(fig, args.out / "latent_by_cluster_and_digit.png"))
+    handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(d), label=str(d)) for d in range(10)]
+    fig.legend(handles=handles, title="digit", loc="center right", fontsize=7, title_fontsize=7)
+    fig.suptitle("mu~(x) of the test images on the first two principal components of each snapshot\n"
+                 "(x: the means mu_c; 2 of 10 dimensions, so clusters overlap in the picture)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.94, 0.95))                # room for the legend and the title
+    path = args.out / "latent_by_cluster_and_digit.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"saved {path}")
+    results["figures"].append(str(path))
 
     fig, ax1 = plt.subplots(figsize=(6, 3.4))
     ep = [c["epoch"] for c in curve]
