@@ -99,7 +99,7 @@ def run_epochs(model, step, x, epochs, *, batch_size=100, lr=1e-3, groups=None, 
     """Minimise ``step(x_batch, rng) -> (loss, grads)`` over ``epochs`` seeded epochs.
 
     groups: {name: (predicate(param_name) -> bool, lr)}, each group its own Adam (default: every
-    parameter, ``lr``); a parameter in no group is not updated.  The learning rates are
+    parameter, ``lr``); a parameter in no group, or in a group with lr 0, is not updated.  The learning rates are
     multiplied by ``decay`` every ``decay_every`` epochs.  Epoch e's permutation comes from
     (seed, tag, e), batch b's noise from (seed, tag, e, b).  after_step(): called after every
     update (e.g. a variance floor).  on_epoch(epoch, record) -> dict of extra metrics (1-based
@@ -111,7 +111,8 @@ def run_epochs(model, step, x, epochs, *, batch_size=100, lr=1e-3, groups=None, 
     opts = {}
     for gname, (pred, glr) in groups.items():
         names = [k for k in model.params if pred(k)]
-        opts[gname] = (Adam(glr), names, glr)
+        if names and glr > 0:                             # a group at lr 0 is held
+            opts[gname] = (Adam(glr), names, glr)
     n, history = len(x), []
     for e in range(int(epochs)):
         if deadline is not None and time.perf_counter() > deadline:
