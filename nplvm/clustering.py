@@ -22,9 +22,16 @@ The VaDE recipe (Jiang et al., 2017; ``vade_recipe``)
    clustered the test digits at 0.70 against 0.58 for a diagonal one (seed 0; gamma computed with
    the diagonals only, right after the initialisation);
 3. train the ELBO (``VaDE.loss``) with Adam, the learning rate decayed by ``decay`` every
-   ``decay_every`` epochs, a separate learning rate for the mixture (pi_logits, mu_c, logvar_c),
-   and a floor on the mixture's variances (var_c >= ``var_floor`` after every step: a component
-   that shrinks onto a few codes would otherwise drive log N(z; mu_c, var_c) to infinity).
+   ``decay_every`` epochs, a separate learning rate for the mixture (pi_logits, mu_c, logvar_c;
+   0 holds it at the GMM), and a floor on the mixture's variances (var_c >= ``var_floor`` after
+   every step: a component that shrinks onto a few codes would otherwise drive
+   log N(z; mu_c, var_c) to infinity).
+   The learning rate: 2e-4, not the paper's 2e-3.  Measured on the 50,000 training images (seed 0,
+   500-500 networks, test accuracy after ELBO epochs 1-4 from an AE + GMM start at 80.50%):
+       lr 2e-3 (nets and mixture)          78.41 77.28 76.42 75.83   (training -ELBO 104.7 at epoch 2)
+       lr 2e-3, mixture held (lr 0)        80.51 80.82 80.40 80.12   (104.8)
+       lr 2e-4 (nets and mixture)          80.48 80.47 80.17         (98.5)
+   At 2e-3 the ELBO is worse AND the clusters fall apart; see lesson 16.
 Every permutation and every noise draw is seeded by (seed, phase, epoch, batch).
 
 The GMVAE recipe (``gmvae_vade_init`` + ``train_gmvae``)
@@ -151,7 +158,7 @@ def run_epochs(model, step, x, epochs, *, batch_size=100, lr=1e-3, groups=None, 
 VADE_DEFAULTS = {
     "pretrain_epochs": 20, "pretrain_lr": 1e-3, "pretrain_dropout": 0.0,
     "gmm_inits": 5, "gmm_covariance": "full",
-    "epochs": 50, "lr": 2e-3, "lr_mixture": 2e-3, "decay": 0.9, "decay_every": 10,
+    "epochs": 50, "lr": 2e-4, "lr_mixture": 2e-4, "decay": 0.9, "decay_every": 10,
     "var_floor": 1e-3, "batch_size": 100,
 }
 
@@ -204,7 +211,7 @@ def variance_floor(model, var_floor):
     return clip
 
 
-def train_vade(model, x, epochs=50, lr=2e-3, lr_mixture=2e-3, decay=0.9, decay_every=10,
+def train_vade(model, x, epochs=50, lr=2e-4, lr_mixture=2e-4, decay=0.9, decay_every=10,
                var_floor=1e-3, batch_size=100, seed=0, on_epoch=None, deadline=None, log=None):
     """Step 3: the ELBO with its schedules (see the module docstring).  Returns its history."""
     groups = {"nets": (lambda k: k not in MIXTURE, lr),

@@ -73,7 +73,7 @@ def run_vade(args, data, seed, log, held=False):
 
     settings = {"pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
                 "gmm_inits": args.gmm_inits, "pretrain_dropout": args.dropout,
-                "gmm_covariance": args.gmm_covariance}
+                "gmm_covariance": args.gmm_covariance, "lr": args.lr, "lr_mixture": args.lr_mixture}
     if held:
         settings["lr_mixture"] = 0.0
     res = C.vade_recipe(model, x, seed=seed, on_epoch=on_epoch, on_init=on_init,
@@ -163,6 +163,9 @@ def _parser():
     p.add_argument("--gmm-covariance", default="full", choices=["diag", "full"],
                    help="VaDE: the GMM fitted to the codes (full: p(z|c) gets its diagonal)")
     p.add_argument("--dropout", type=float, default=0.0, help="VaDE: denoising pretraining, input dropout")
+    p.add_argument("--lr", type=float, default=C.VADE_DEFAULTS["lr"], help="VaDE: ELBO-phase learning rate of the networks")
+    p.add_argument("--lr-mixture", type=float, default=C.VADE_DEFAULTS["lr_mixture"],
+                   help="VaDE: learning rate of pi, mu_c, logvar_c (vade-held: 0)")
     p.add_argument("--hidden", default="500,500",
                    help="encoder widths (the paper: 500,500,2000, ~2.5x slower per epoch; GMVAE: the first two)")
     p.add_argument("--latent", type=int, default=10)
