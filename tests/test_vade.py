@@ -143,7 +143,8 @@ def test_build_from_config_and_float32_training_step():
 
 @pytest.mark.parametrize("kw, name", [({"latent": 0}, "latent"), ({"n_components": 1}, "n_components"),
                                       ({"x_dim": 2.5}, "x_dim"), ({"dtype": "int8"}, "dtype"),
-                                      ({"hidden": "a,b"}, "hidden")])
+                                      ({"hidden": "a,b"}, "hidden"), ({"hidden": [4, 0]}, "hidden"),
+                                      ({"seed": "a"}, "seed"), ({"activation": "foo"}, "activation")])
 def test_bad_constructor_arguments_name_themselves(kw, name):
     with pytest.raises(ValueError, match=name):
         VaDE(**{"x_dim": 12, "hidden": [4], "latent": 2, "n_components": 3, **kw})

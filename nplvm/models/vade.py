@@ -104,6 +104,10 @@ class VaDE(Module):
                 raise ValueError(f"expected {name} to be a positive integer, got {v!r}")
         if int(n_components) < 2:
             raise ValueError(f"expected n_components >= 2 (a mixture), got {n_components!r}")
+        if not hidden or any(h < 1 for h in hidden):
+            raise ValueError(f"expected hidden to be one or more positive widths, got {hidden!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"expected seed to be an integer, got {seed!r}")
         try:
             self.dtype = check_dtype(dtype)
         except TypeError as e:
