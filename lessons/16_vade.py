@@ -297,7 +297,8 @@ def main(argv=None):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
     for ax, (name, rs) in zip(axes, gm_runs.items()):
         u = np.array([r["usage"] for r in rs])                                # (epochs+1, K)
-        ax.imshow(u.T, aspect="auto", cmap="viridis", vmin=0, vmax=max(0.3, u.max()))
+        im = ax.imshow(u.T, aspect="auto", cmap="viridis", vmin=0, vmax=max(0.3, u.max()))
+        fig.colorbar(im, ax=ax, label="share of the test images")
         ax.set(xlabel="ELBO epoch (0 = after init)", ylabel="component y", title=f"{name}: share of test images", )
         ax.title.set_fontsize(8)
     results["figures"].append(C.save_figure(fig, args.out / "gmvae_usage_over_training.png"))
