@@ -259,7 +259,7 @@ def main(argv=None):
     n_t = len(yt)
     se_pair = math.sqrt(np.mean(model.predict(xt) != held.predict(xt)) / n_t)   # SE of a paired difference
     print(f"after {epochs} epochs: trained mixture {final['accuracy']:.3f}, held mixture {held_final['accuracy']:.3f} "
-          f"(difference {held_final['accuracy'] - final['accuracy']:+.3f}, at most +-{se_pair:.3f} SE), both from "
+          f"(difference {held_final['accuracy'] - final['accuracy']:+.3f}, SE of the paired difference <= {se_pair:.3f}), both from "
           f"{init:.3f}.  On {len(x)} training images both drift as the networks overfit; the full-data "
           f"numbers above are from 50,000 images, 4 epochs.")
 
