@@ -155,7 +155,7 @@ def main(argv=None):
         return {"accuracy": r["accuracy"]}
 
     init_elbo, init_report, init_params = np.zeros(len(xt)), {}, {}
-    res = CL.vade_recipe(model, x, seed=args.seed, on_epoch=on_epoch, on_init=on_init, log=print,
+    CL.vade_recipe(model, x, seed=args.seed, on_epoch=on_epoch, on_init=on_init, log=print,
                          pretrain_epochs=C.quick_or(args, 5, 30), epochs=epochs,
                          gmm_inits=C.quick_or(args, 1, 5), pretrain_lr=C.quick_or(args, 3e-3, 1e-3))
     final_elbo = model.elbo(xt, [args.seed, 5])

@@ -51,7 +51,6 @@ mixture prior, for log p(x)), ``sample`` and ``sample_per_cluster``.  The whole 
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -204,7 +203,7 @@ class VaDE(Module):
         return self._forward(x, eps, 1.0)[0]
 
     def _forward(self, x, eps, weight):
-        N, K, L = x.shape[0], self.n_components, self.latent
+        N, K = x.shape[0], self.n_components
         mu, logvar, c_enc = self._encode(x)
         std = np.exp(0.5 * logvar)
         z = mu + std * eps                                                   # reparameterization
@@ -274,7 +273,7 @@ class VaDE(Module):
         encoder reads x with each pixel zeroed with that probability (mask drawn from rng), the
         loss still scores the clean x.  Returns (loss, grads keyed like ``params``)."""
         x = self.check_input(x)
-        N, L = x.shape[0], self.latent
+        N = x.shape[0]
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"expected dropout in [0, 1), got {dropout!r}")
         x_in = x
