@@ -127,6 +127,10 @@ ASSIGNMENTS: dict[str, Assignment] = {
         "The VampPrior KL's gradient: d log (1/K) sum_k N(z | m_k, e^s_k) w.r.t. z, m_k and s_k (on to the pseudo-inputs)",
         regions=("vampprior-gradient",),
         tests=("tests/test_vampprior.py",), select="grad", lesson="lessons/18_optimal_prior.py"),
+    "vade-gamma": Assignment(
+        "VaDE's q(c|x) = gamma = p(c|z) from the mixture prior, and its gradient w.r.t. z, pi, mu_c, logvar_c",
+        regions=("vade-gamma", "vade-gamma-backward"),
+        tests=("tests/test_vade.py",), select="grad or gamma", lesson="lessons/16_vade.py"),
     "vrnn-bptt": Assignment(
         "Backpropagation through time in the VRNN: the reverse loop over t carrying dh",
         regions=("vrnn-bptt",),

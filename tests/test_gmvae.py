@@ -283,7 +283,7 @@ def test_init_prior_makes_q_z_independent_of_y():
 def test_vade_init_recovers_planted_clusters():
     """The whole VaDE init on data with two well-separated binary prototypes: without labels,
     q(y|x) ends up separating them (accuracy 1 under the best matching)."""
-    from nplvm.bench.gmvae_cluster import vade_init
+    from nplvm.clustering import gmvae_vade_init as vade_init
     g = np.random.default_rng(0)
     protos = np.zeros((2, 20))
     protos[0, :10] = protos[1, 10:] = 1

@@ -6,7 +6,8 @@ number of correct assignments (``nplvm.models.gmvae.cluster_accuracy``).  Anchor
 al., 2017) reports 94.46% on MNIST (with autoencoder pretraining and a GMM fitted to the codes
 to initialise the prior); Dilokthanakul et al.'s GMVAE about 78-82%.
 
-The recipe (the defaults; ``vade_init``): a VaDE-style initialisation, then the exact-sum ELBO.
+The recipe (the defaults; library code in ``nplvm.clustering``: ``gmvae_vade_init``, ``train_gmvae``):
+a VaDE-style initialisation, then the exact-sum ELBO.
 
     1. pretrain trunk, z-head and decoder as a plain VAE (the y input off, p(z) = N(0, I)) with
        a small KL weight, ``--pretrain-epochs 20 --pretrain-beta 0.1``: sharper codes than beta 1;
@@ -58,131 +59,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import clustering as CL
+from ..clustering import clustering_report, gmvae_vade_init as vade_init, kl_warmup  # noqa: F401  (re-exported: the recipe lives there)
 from ..data import load_dataset
-from ..models.gmm import GaussianMixture
-from ..models.gmvae import GMVAE, cluster_accuracy
-from ..optim import Adam
-from ..train import fit
-
-
-def kl_warmup(epoch, warmup_epochs):
-    """The KL weight beta for a 1-based ``epoch``: min(1, epoch / W), W = ``warmup_epochs``
-    (W = 0: beta = 1 from the start)."""
-    if warmup_epochs < 0:
-        raise ValueError(f"expected warmup_epochs >= 0, got {warmup_epochs}")
-    return 1.0 if warmup_epochs == 0 else min(1.0, epoch / warmup_epochs)
-
-
-def clustering_report(model, x, labels, batch_size=500):
-    """Accuracy of argmax q(y|x) against labels (Hungarian), component usage and mean H[q(y|x)].
-
-    x: (N, D) binary; labels: (N,) ints.  Returns a dict of floats / lists (JSON-ready).
-    """
-    pis = np.concatenate([model.responsibilities(x[i:i + batch_size])
-                          for i in range(0, len(x), batch_size)])
-    assign = pis.argmax(axis=1)
-    usage = np.bincount(assign, minlength=model.n_components) / len(x)
-    entropy = -(pis * np.log(np.maximum(pis, 1e-30))).sum(axis=1).mean()
-    return {"accuracy": cluster_accuracy(np.asarray(labels, dtype=np.int64), assign, model.n_components),
-            "usage": usage.round(4).tolist(), "q_y_entropy": float(entropy)}
-
-
-def _epochs_of_steps(model, step, x, epochs, batch_size, lr, seed, tag):
-    """Minimise ``step(x_batch, rng) -> (loss, grads)`` with a fresh Adam over ``epochs`` seeded
-    epochs (permutation and noise streams keyed by (seed, tag, epoch[, batch])); returns the mean
-    loss of each epoch."""
-    opt, means = Adam(lr), []
-    n = len(x)
-    for e in range(epochs):
-        perm = np.random.default_rng([seed, tag, e]).permutation(n)
-        total = 0.0
-        for b, i in enumerate(range(0, n, batch_size)):
-            xb = x[np.sort(perm[i:i + batch_size])].astype(model.dtype)
-            loss, grads = step(xb, np.random.default_rng([seed, tag, e, b]))
-            opt.step(model.params, grads)
-            total += loss * len(xb)
-        means.append(total / n)
-    return means
-
-
-def vade_init(model, x_train, pretrain_epochs=10, pretrain_beta=1.0, yhead_epochs=5, gmm_inits=5,
-              gmm_covariance="full", lr=1e-3, batch_size=100, seed=0, log=print):
-    """The VaDE-style initialisation (Jiang et al., 2017), no labels anywhere:
-
-    1. pretrain the trunk, z-head and decoder as a plain VAE (``model.pretrain_loss``: the y
-       input off, p(z) = N(0, I), KL weight ``pretrain_beta``) for ``pretrain_epochs`` epochs;
-    2. fit a K-component diagonal GaussianMixture to the codes mu(x, 0) of x_train by EM, best
-       log-likelihood of ``gmm_inits`` seeded starts;
-    3. p(z|y) <- the GMM's (means, variances), and q(z|x,y) <- q(z|x) for every y
-       (``model.init_prior``);
-    4. fit the y-head of q(y|x) to the GMM responsibilities r(x) = p_GMM(y | mu(x, 0)) by
-       cross-entropy (``model.y_head_loss``) for ``yhead_epochs`` epochs.
-
-    Returns a dict: pretrain_nelbo (per epoch), gmm_loglik, gmm_assign (N,) (argmax r on
-    x_train, to score the GMM alone), yhead_ce (per epoch), seconds.
-    """
-    t0 = time.perf_counter()
-    info = {"pretrain_nelbo": _epochs_of_steps(
-        model, lambda xb, r: model.pretrain_loss(xb, r, beta=pretrain_beta), x_train,
-        pretrain_epochs, batch_size, lr, seed, 11)}
-    codes = model.pretrain_codes(x_train).astype(np.float64)
-    best = None
-    for s in range(max(1, gmm_inits)):
-        g = GaussianMixture(model.n_components, covariance_type=gmm_covariance, tol=1e-5,
-                            max_iter=300, reg_covar=1e-4, seed=[seed, s]).fit(codes)
-        if best is None or g.loglik_[-1] > best.loglik_[-1]:
-            best = g
-    variances = best.covariances_ if gmm_covariance == "diag" else \
-        np.diagonal(best.covariances_, axis1=1, axis2=2)      # p(z|y) is diagonal: keep Sigma_kk
-    model.init_prior(best.means_, variances)
-    resp = best.predict_proba(codes)
-    head = {k: v for k, v in model.params.items() if k.startswith("y_head.")}   # only q(y|x)'s head moves
-    opt, ce, n = Adam(lr), [], len(x_train)
-    for e in range(yhead_epochs):
-        perm = np.random.default_rng([seed, 12, e]).permutation(n)
-        total = 0.0
-        for i in range(0, n, batch_size):
-            idx = np.sort(perm[i:i + batch_size])
-            loss, grads = model.y_head_loss(x_train[idx].astype(model.dtype), resp[idx])
-            opt.step(head, grads)                        # each batch with its own targets
-            total += loss * len(idx)
-        ce.append(total / n)
-    info.update(gmm_loglik=float(best.loglik_[-1]), gmm_assign=resp.argmax(axis=1), yhead_ce=ce,
-                seconds=time.perf_counter() - t0)
-    if log:
-        log(f"  VaDE init: pretrain -ELBO {info['pretrain_nelbo'][-1] if pretrain_epochs else float('nan'):.2f}, "
-            f"GMM loglik {info['gmm_loglik']:.2f}, y-head CE {ce[-1] if ce else float('nan'):.3f} "
-            f"({info['seconds']:.0f} s)")
-    return info
-
-
-def train_clustering(model, x_train, x_eval, labels_eval, epochs, batch_size=100, lr=1e-3,
-                     warmup_epochs=10, seed=0, out_dir=None, log=print, eval_every=1):
-    """Fit the GMVAE with a KL warm-up, scoring clustering accuracy on (x_eval, labels_eval).
-
-    The warm-up is applied through ``fit``'s end-of-epoch hook: after epoch e, ``model.beta`` is
-    set to ``kl_warmup(e + 1, warmup_epochs)`` for the next epoch.  During warm-up the logged
-    train/valid NELBO are the beta-weighted objective; ``nelbo_beta1`` in the record is the true
-    -ELBO on x_eval (beta = 1).  Returns fit's history, each record with ``beta``, ``accuracy``,
-    ``usage``, ``q_y_entropy``.
-    """
-    model.beta = kl_warmup(1, warmup_epochs)
-
-    def eval_fn(m, epoch):
-        rec = {"beta": m.beta}
-        if eval_every and (epoch % eval_every == 0 or epoch == epochs):
-            rec.update(clustering_report(m, x_eval, labels_eval))
-            rec["nelbo_beta1"] = float(-np.mean(np.concatenate(
-                [m.elbo(x_eval[i:i + 500], np.random.default_rng([seed, 4, i]))
-                 for i in range(0, len(x_eval), 500)])))
-            if log:
-                log(f"  epoch {epoch}: beta {m.beta:.2f}  accuracy {rec['accuracy']:.4f}  "
-                    f"-ELBO {rec['nelbo_beta1']:.2f}  H[q(y|x)] {rec['q_y_entropy']:.3f}")
-        m.beta = kl_warmup(epoch + 1, warmup_epochs)           # the next epoch's KL weight
-        return rec
-
-    return fit(model, Adam(lr), x_train, None, epochs=epochs, batch_size=batch_size, seed=seed,
-               out_dir=out_dir, eval_fn=eval_fn, log=log)
+from ..models.gmvae import GMVAE
+from ..train import CHECKPOINT, save_checkpoint
 
 
 def _parser():
@@ -213,6 +94,9 @@ def _parser():
     p.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--max-eval", type=int, default=None, help="score only N test images (a seeded subset)")
     p.add_argument("--eval-every", type=int, default=1)
+    p.add_argument("--fixed-z-head", action="store_true",
+                   help="the remedy of issue 16: hold q(z|x,y) = q(z|x) during the ELBO phase")
+    p.add_argument("--decay", type=float, default=1.0, help="learning-rate factor per ELBO epoch")
     p.add_argument("--out", default="runs/gmvae_cluster")
     return p
 
@@ -239,8 +123,11 @@ def main(argv=None):
                          args.gmm_inits, args.gmm_covariance, args.lr, args.batch_size, args.seed)
         init["after_init"] = clustering_report(model, x_eval, y_eval)
         print(f"  after the VaDE init: accuracy {init['after_init']['accuracy']:.4f} (argmax q(y|x))")
-    hist = train_clustering(model, x_train, x_eval, y_eval, args.epochs, args.batch_size, args.lr,
-                            args.warmup_epochs, args.seed, args.out, eval_every=args.eval_every)
+    hist = CL.train_gmvae(model, x_train, x_eval, y_eval, args.epochs, args.batch_size, args.lr,
+                          args.warmup_epochs, args.seed, eval_every=args.eval_every,
+                          fixed_z_head=args.fixed_z_head, decay=args.decay, decay_every=1)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    save_checkpoint(Path(args.out) / CHECKPOINT, model, state={"epoch": len(hist)})
     total = time.perf_counter() - t0
     final = clustering_report(model, x_eval, y_eval)
     result = {"data": args.data, "n_train": len(x_train), "n_eval": len(x_eval), "epochs": args.epochs,

@@ -20,6 +20,7 @@ _MODULES = {
     "vae": "nplvm.models.vae",
     "iwae": "nplvm.models.vae",
     "gmvae": "nplvm.models.gmvae",
+    "vade": "nplvm.models.vade",
     "vrnn": "nplvm.models.vrnn",
     "factorvae": "nplvm.models.factorvae",
     "cvae": "nplvm.models.cvae",

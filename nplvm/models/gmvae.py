@@ -41,7 +41,7 @@ The gradient, by hand (loss = -ELBO, per example, with l_k = nll_k + beta kl_k):
 
 Clustering needs a good start (measured in nplvm.bench.gmvae_cluster: from scratch, argmax q(y|x)
 matches the digits ~0.44 of the time on the 4,000-image subset).  The VaDE-style initialisation
-(``nplvm.bench.gmvae_cluster.vade_init``) uses three hand-differentiated pieces here:
+(``nplvm.clustering.gmvae_vade_init``) uses three hand-differentiated pieces here:
 
     pretrain_loss(x)  a plain VAE through the same trunk, z-head and decoder, y input off:
                       l = -log p(x|z) + beta KL(N(mu(x,0), exp(logvar(x,0))) || N(0, I))

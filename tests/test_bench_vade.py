@@ -1,0 +1,56 @@
+"""The VaDE clustering benchmark in quick mode, the metrics it reports, and the recipe's seeding."""
+import json
+
+import numpy as np
+import pytest
+
+from nplvm import clustering as C
+from nplvm.bench import vade as bench
+from nplvm.models.vade import VaDE
+
+
+def test_bench_quick_writes_table(tmp_path):
+    out = tmp_path / "r.json"
+    res = bench.main(["--quick", "--model", "vade-held,gmvae-held", "--seeds", "2", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert len(saved["runs"]) == 4 and {r["model"] for r in saved["runs"]} == {"vade-held", "gmvae-held"}
+    rows = {(r["model"], r["stage"]): r for r in res["table"]}
+    assert set(rows) == {("vade-held", "init"), ("vade-held", "final"), ("gmvae-held", "init"), ("gmvae-held", "final")}
+    for r in rows.values():
+        assert 0 < r["accuracy"]["mean"] <= r["accuracy"]["best"] <= 1 and r["accuracy"]["n"] == 2
+        assert r["selected_by_elbo"]["seed"] in (0, 1)
+    merged = bench.main(["--merge", str(out), "--out", str(tmp_path / "m.json")])
+    assert merged["table"] == res["table"]
+
+
+def test_metrics_against_hand_counts():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    assign = np.array([1, 1, 0, 0, 0, 2, 2, 2])          # cluster 1 -> 0, 0 -> 1, 2 -> 2: 7 of 8
+    m = C.cluster_metrics(labels, assign)
+    assert m["accuracy"] == pytest.approx(7 / 8) and m["purity"] == pytest.approx(7 / 8)
+    assert C.cluster_metrics(labels, labels)["nmi"] == pytest.approx(1.0)
+    perm = np.array([2, 0, 1])[labels]                    # relabelled clusters: still perfect
+    assert C.cluster_metrics(labels, perm) == pytest.approx({"accuracy": 1.0, "purity": 1.0, "nmi": 1.0})
+    from sklearn.metrics import normalized_mutual_info_score
+    assert m["nmi"] == pytest.approx(normalized_mutual_info_score(labels, assign), rel=1e-12)
+
+
+def test_recipe_is_seeded_and_floors_the_variances():
+    g = np.random.default_rng(0)
+    protos = np.zeros((2, 20))
+    protos[0, :10] = protos[1, 10:] = 1
+    labels = np.repeat([0, 1], 60)
+    x = np.abs(protos[labels] - (g.random((120, 20)) < 0.05)).astype(np.uint8)
+    runs = []
+    for _ in range(2):
+        m = VaDE(x_dim=20, hidden=[16], latent=2, n_components=2, seed=1)
+        r = C.vade_recipe(m, x, seed=3, log=None, pretrain_epochs=10, epochs=3, gmm_inits=2,
+                          pretrain_lr=1e-2, var_floor=0.05, batch_size=30)
+        runs.append((m, r))
+    (m1, r1), (m2, r2) = runs
+    for k in m1.params:
+        np.testing.assert_array_equal(m1.params[k], m2.params[k])
+    assert np.all(np.exp(m1.logvar_c.value) >= 0.05 * (1 - 1e-6))
+    assert C.cluster_metrics(labels, m1.predict(x))["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="unknown VaDE recipe settings"):
+        C.vade_recipe(m1, x, log=None, epoch=3)
