@@ -30,6 +30,7 @@ CONFIGS = {
     "hvae": dict(x_dim=12, hidden=[7], latent=[4, 2], activation="tanh", dtype="float64", seed=1),
     "lvae": dict(x_dim=12, hidden=[7], latent=[4, 3, 2], activation="tanh", batch_norm=True,
                  dtype="float64", seed=1),
+    "vade": dict(x_dim=12, hidden=[7], latent=2, n_components=3, activation="tanh", dtype="float64", seed=1),
     "factorvae": dict(x_dim=12, hidden=[7], latent=3, activation="tanh", gamma=2.0, disc_hidden=[5],
                       disc_lr=1e-3, dtype="float64", seed=1),
 }

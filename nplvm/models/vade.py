@@ -58,7 +58,7 @@ import kernels
 
 from ..backend import check_dtype, rng as make_rng
 from ..checks import DataError, check_array, check_binary, check_finite
-from ..distributions import LOG_2PI, log_softmax, logsumexp, softmax_backward
+from ..distributions import LOG_2PI, log_softmax, logsumexp, reparameterize_backward, softmax_backward
 from ..nn import MLP, Module, Parameter
 from . import register
 from .vae import parse_hidden
@@ -260,8 +260,9 @@ class VaDE(Module):
         dgamma = (kl_z + log_gamma - log_pi[None, :] + 1.0) / N
         dz = self.gamma_backward(dgamma, gamma, c_gamma)
         dz += self.decoder.backward(dlogits, c_dec)                          # through p(x|z)
-        dmu += dz                                                            # z = mu~ + std * eps
-        dlogvar += dz * eps * 0.5 * std
+        dmu_r, dlogvar_r = reparameterize_backward(dz, eps, terms["logvar"])   # z = mu~ + std * eps
+        dmu += dmu_r
+        dlogvar += dlogvar_r
         self.encoder.backward(np.concatenate([dmu, dlogvar], axis=1).astype(self.dtype),
                               c_enc, need_dx=False)
         return loss, self._grads()
