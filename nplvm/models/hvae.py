@@ -105,6 +105,7 @@ import kernels
 from ..backend import check_dtype
 from ..backend import rng as make_rng
 from ..checks import DataError, check_array
+from ..distributions import reparameterize_backward
 from ..nn import ACTIVATION_FUNCTIONS, BatchNorm, Linear, Module, sigmoid_forward
 from . import register
 from .vae import VAE, parse_hidden
@@ -418,7 +419,7 @@ class _Hierarchy:
         for g in self._grads.values():
             g.fill(0)
         n_layers, top = len(self.latent), len(self.latent) - 1
-        eps, sigma = f["eps"], f["sigma"]
+        eps = f["eps"]
         dz = [None] * n_layers
         dz[0] = self.dec.backward(dlogits, f["c_dec"])               # d loss / dz_1 through p(x|z_1)
         if not self.ladder:
@@ -428,8 +429,8 @@ class _Hierarchy:
         dhat = [None] * n_layers                                     # (dmu^, dlogvar^) per layer
         for i in range(top):
             dmu_kl, dlv_kl, dmu_p, dlv_p = kl_grads[i]
-            dmu_q = dz[i] + dmu_kl                                   # z_i = mu_q + sigma_q eps_i
-            dlv_q = dz[i] * eps[i] * (0.5 * sigma[i]) + dlv_kl
+            dmu_q, dlv_q = reparameterize_backward(dz[i], eps[i], f["logvar_q"][i])   # z_i = mu_q + sigma_q eps_i
+            dmu_q, dlv_q = dmu_q + dmu_kl, dlv_q + dlv_kl
             dmu_hat, dlv_hat, dmu_p2, dlv_p2 = precision_weighted_merge_backward(
                 dmu_q, dlv_q, f["mu_hat"][i], f["mu_p"][i], f["w_hat"][i])
             dhat[i] = (dmu_hat, dlv_hat)
@@ -437,7 +438,8 @@ class _Hierarchy:
             dp = np.concatenate([dmu_p + dmu_p2, dlv_p + dlv_p2], axis=1)
             dz[i + 1] = self.down[i].backward(dp, f["c_down"][i])    # z_{i+1} -> down[i]
         dmu_kl, dlv_kl = kl_grads[top]                               # the top: q(z_L|x) = N(mu^, sigma^2)
-        dhat[top] = (dz[top] + dmu_kl, dz[top] * eps[top] * (0.5 * sigma[top]) + dlv_kl)
+        dmu_top, dlv_top = reparameterize_backward(dz[top], eps[top], f["logvar_q"][top])
+        dhat[top] = (dmu_top + dmu_kl, dlv_top + dlv_kl)
         # the deterministic bottom-up pass, top to bottom: d_i feeds head[i] and up[i+1]
         dd = None
         for i in range(top, -1, -1):
@@ -448,7 +450,7 @@ class _Hierarchy:
 
     def _backward_hvae(self, f, dz, kl_grads, w):
         n_layers, top = len(self.latent), len(self.latent) - 1
-        eps, z, sigma = f["eps"], f["z"], f["sigma"]
+        eps, z = f["eps"], f["z"]
         for i in range(1, n_layers):
             dz[i] = np.zeros_like(z[i])
         # generative terms -log p(z_i|z_{i+1}) = 1/2 (z_i - mu_p)^2 / sigma_p^2 + 1/2 logvar_p (+ const), i < L
@@ -460,8 +462,7 @@ class _Hierarchy:
             dz[i + 1] += self.down[i].backward(dp, f["c_down"][i])
         # inference layers top-down: z_i feeds up[i+1], whose backward has run when i is visited
         for i in range(top, -1, -1):
-            dmu = dz[i]                                              # z_i = mu_q + sigma_q eps_i
-            dlv = dz[i] * eps[i] * (0.5 * sigma[i])
+            dmu, dlv = reparameterize_backward(dz[i], eps[i], f["logvar_q"][i])   # z_i = mu_q + sigma_q eps_i
             if i == top:
                 dmu_kl, dlv_kl = kl_grads[top]                       # closed-form KL to N(0, I)
                 dmu, dlv = dmu + dmu_kl, dlv + dlv_kl
