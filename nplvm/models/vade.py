@@ -58,7 +58,8 @@ import kernels
 
 from ..backend import check_dtype, rng as make_rng
 from ..checks import DataError, check_array, check_binary, check_finite
-from ..distributions import LOG_2PI, log_softmax, logsumexp, reparameterize_backward, softmax_backward
+from ..distributions import (LOG_2PI, log_softmax, log_softmax_backward, logsumexp, reparameterize_backward,
+                             softmax_backward)
 from ..nn import MLP, Module, Parameter
 from . import register
 from .vae import parse_hidden
@@ -189,7 +190,7 @@ class VaDE(Module):
         self.mu_c.grad += np.einsum("nk,nkl->kl", ds, r)                     # ds_c/dmu_c = +(z - mu_c)/var_c
         self.logvar_c.grad += -0.5 * np.einsum("nk,nkl->kl", ds, 1.0 - diff * r)   # ds_c/dlogvar_c
         dlog_pi = ds.sum(axis=0)                                             # ds_c/dlog pi_c = 1
-        self.pi_logits.grad += dlog_pi - np.exp(log_pi) * dlog_pi.sum()     # log-softmax backward
+        self.pi_logits.grad += log_softmax_backward(dlog_pi, log_pi)        # through log pi = log_softmax(a)
         # END SOLUTION
         return dz
 
@@ -254,8 +255,7 @@ class VaDE(Module):
         self.mu_c.grad += dmu_c.reshape(K, N, L).sum(axis=1)
         self.logvar_c.grad += dlv_c.reshape(K, N, L).sum(axis=1)
         # -sum_c gamma_c log pi_c, directly on log pi: -gamma_c / N, then log-softmax backward
-        dlog_pi = -gamma.sum(axis=0) / N
-        self.pi_logits.grad += dlog_pi - np.exp(log_pi) * dlog_pi.sum()
+        self.pi_logits.grad += log_softmax_backward(-gamma.sum(axis=0) / N, log_pi)
         # through the weights gamma: g_c = k_c + log gamma_c - log pi_c + 1, per example / N
         dgamma = (kl_z + log_gamma - log_pi[None, :] + 1.0) / N
         dz = self.gamma_backward(dgamma, gamma, c_gamma)
