@@ -320,7 +320,7 @@ def main(argv=None):
     pix_acc = CL.cluster_metrics(yt, pix.predict(xt.astype(np.float64)), K)
     rows = [("GMM on the pixels (diagonal)", pix_acc),
             ("AE + GMM (VaDE's initialisation)", init_report),
-            ("VaDE", final), ("VaDE, mixture held at the GMM (the remedy)", held_final)]
+            ("VaDE", final), ("VaDE, mixture held at the GMM", held_final)]
     for name, rs in gm_runs.items():
         rows.append((f"{name}, after init", rs[0]))
         rows.append((f"{name}, after {g_epochs} ELBO epochs", rs[-1]))
