@@ -38,7 +38,10 @@ The GMVAE recipe (``gmvae_vade_init`` + ``train_gmvae``)
 --------------------------------------------------------
 The same idea for ``nplvm.models.gmvae``: pretrain trunk, z-head and decoder as a plain VAE with a
 small KL weight; a full-covariance GMM on the codes gives p(z|y); q(y|x) (a classifier head) is
-fitted to the GMM's responsibilities by cross-entropy; then the exact-sum ELBO.
+fitted to the GMM's responsibilities by cross-entropy; then the exact-sum ELBO.  Its learning rate
+matters the same way (seed 0, full data, accuracy after ELBO epochs 0, 1, 2): lr 1e-3 77.18 76.54
+74.85 (test -ELBO 102.9), lr 2e-4 77.18 77.73 77.21 (100.6); holding p(z|y) and q(z|x,y) = q(z|x)
+at lr 1e-3: 77.18 77.02 75.65.
 """
 from __future__ import annotations
 

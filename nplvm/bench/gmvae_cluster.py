@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import clustering as CL
-from ..clustering import clustering_report, gmvae_vade_init as vade_init, kl_warmup  # noqa: F401  (re-exported: the recipe lives there)
+from ..clustering import clustering_report, gmvae_vade_init as vade_init
 from ..data import load_dataset
 from ..models.gmvae import GMVAE
 from ..train import CHECKPOINT, save_checkpoint

@@ -20,9 +20,9 @@ VAE+GMM 72.94%, GMM 53.73%, DEC 84.30%.
 
 Models: ``vade`` (the VaDE recipe, the mixture trained with the networks), ``vade-held`` (the
 remedy of issue 16: the mixture held at its GMM initialisation, ``lr_mixture = 0``), ``gmvae`` (the
-GMVAE recipe as in the README, ELBO at lr 1e-3), ``gmvae-held`` (the same remedy for the GMVAE:
-p(z|y) held, and q(z|x,y) = q(z|x) as in VaDE's mean field; see lesson 16).  Writes a JSON with
-every run and the summary table to ``--out``.
+GMVAE recipe as in the README, ELBO at lr 1e-3), ``gmvae-remedy`` (the same with the ELBO at lr
+2e-4: measured on seed 0 it keeps the initialisation's accuracy where lr 1e-3 loses 2.3 points in
+2 epochs; see lesson 16 and docs).  Writes a JSON with every run and the summary table to ``--out``.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from ..models.vade import VaDE
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "binarized_mnist.npz"
 ANCHORS = {"VaDE (Jiang et al., 2017)": 0.9446, "AE+GMM (ibid.)": 0.8218, "DEC (ibid.)": 0.8430}
-MODELS = ("vade", "vade-held", "gmvae", "gmvae-held")
+MODELS = ("vade", "vade-held", "gmvae", "gmvae-remedy")
 
 
 def _subset(x, y, n, seed):
@@ -88,7 +88,7 @@ def run_vade(args, data, seed, log, held=False):
 def run_gmvae(args, data, seed, log, fixed):
     x, xv, xt, yt = data
     t0 = time.perf_counter()
-    name = "gmvae-held" if fixed else "gmvae"
+    name = "gmvae-remedy" if fixed else "gmvae"
     model = GMVAE(x_dim=x.shape[1], n_components=10, hidden=args.hidden[:2], seed=seed)
     log(f"[{name} seed {seed}] {model.num_parameters()} parameters, budget {args.budget:.0f} s")
     info = C.gmvae_vade_init(model, x, pretrain_epochs=args.pretrain_epochs, pretrain_beta=0.1,
@@ -96,7 +96,7 @@ def run_gmvae(args, data, seed, log, fixed):
                              gmm_covariance="full", seed=seed, log=log)
     rec = {"model": name, "seed": seed, "config": model.config, "init": C.clustering_report(model, xt, yt)}
     log(f"  after the VaDE-style initialisation: accuracy {rec['init']['accuracy']:.4f}")
-    kw = dict(fixed_z_head=True, lr_prior=0.0) if fixed else {}
+    kw = dict(lr=2e-4) if fixed else {}
     hist = C.train_gmvae(model, x, xt, yt, args.epochs, seed=seed, log=log,
                          deadline=t0 + args.budget, **kw)
     rec.update(history=hist, seconds=time.perf_counter() - t0, epochs_done=len(hist),
@@ -136,7 +136,8 @@ def render(table):
              ("gmvae", "init"): "GMVAE after its VaDE-style init", ("gmvae", "final"): "GMVAE after the ELBO",
              ("vade-held", "init"): "AE + GMM (vade-held's initialisation)",
              ("vade-held", "final"): "VaDE, mixture held (the remedy)",
-             ("gmvae-held", "init"): "GMVAE-held after init", ("gmvae-held", "final"): "GMVAE + remedy after the ELBO"}
+             ("gmvae-remedy", "init"): "GMVAE (remedy run) after init",
+             ("gmvae-remedy", "final"): "GMVAE + remedy (lr 2e-4) after the ELBO"}
     lines = ["| model | seeds | accuracy mean +- sd | best | selected by ELBO (seed: acc) | purity | NMI | epochs |",
              "|---|---|---|---|---|---|---|---|"]
     for r in table:
@@ -153,7 +154,7 @@ def render(table):
 def _parser():
     p = argparse.ArgumentParser(prog="python -m nplvm.bench.vade", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="binarized-MNIST .npz with test_labels")
-    p.add_argument("--model", default="vade,vade-held,gmvae,gmvae-held", help=f"comma-separated, from {MODELS}")
+    p.add_argument("--model", default="vade,vade-held,gmvae,gmvae-remedy", help=f"comma-separated, from {MODELS}")
     p.add_argument("--seeds", type=int, default=5, help="run seeds 0 .. seeds-1 (one after another)")
     p.add_argument("--seed", type=int, default=None, help="run this one seed only")
     p.add_argument("--epochs", type=int, default=100, help="most ELBO epochs (the budget may stop earlier)")
@@ -213,7 +214,7 @@ def main(argv=None):
             if name.startswith("vade"):
                 runs.append(run_vade(args, data, s, print, held=(name == "vade-held")))
             else:
-                runs.append(run_gmvae(args, data, s, print, fixed=(name == "gmvae-held")))
+                runs.append(run_gmvae(args, data, s, print, fixed=(name == "gmvae-remedy")))
             r = runs[-1]
             print(f"  -> {name} seed {s}: accuracy {r['final']['accuracy']:.4f} (init {r['init']['accuracy']:.4f}), "
                   f"NMI {r['final']['nmi']:.3f}, valid ELBO {r['valid_elbo']:.2f}, {r['seconds']:.0f} s")
