@@ -28,7 +28,7 @@ What it checks and draws (``--out``, default figures/18_optimal_prior/):
   5. the density-ratio VAE with a 2-D latent: the discriminator's log-ratio T_psi over the latent
      plane next to the exact ln q(z)/p(z) (q(z) is a known mixture of N Gaussians here).
 
-    python lessons/18_optimal_prior.py            # a few minutes on one core
+    python lessons/18_optimal_prior.py            # ~13 min measured on one core of a busy shared machine
     python lessons/18_optimal_prior.py --quick    # seconds (the test suite runs this)
 """
 from __future__ import annotations
