@@ -1,6 +1,7 @@
 """Lesson 10: the beta-VAE objective as a Lagrangian, and the rate-distortion curve it traces.
 
-Lecture notes (002, "Variants of VAE with elaborated losses"): maximise the reconstruction term
+Lecture notes 002_e73e17ee4c7eee9a.txt, "VARIANTS OF VARIATIONAL AUTOENCODER WITH ELABORATED LOSSES":
+maximise the reconstruction term
 subject to a budget on the KL,
 
     max E_{q(z|x)}[log p(x|z)]   subject to   KL(q(z|x) || p(z)) < epsilon,

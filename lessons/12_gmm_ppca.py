@@ -124,7 +124,7 @@ gap = float(np.mean(gmm.score_samples(x))) - elbo_gmm(x, q_uniform, gmm.weights_
                                                       gmm.covariances_)
 kl = float(np.mean(np.sum(q_uniform * (np.log(q_uniform) - log_resp), axis=1)))
 table.example("q = uniform: log p(x) - L(q) = KL(q || p(z|x))", gap, kl, EXACT * abs(ll),
-              note="algebra: log p(x) = L(q) + KL(q || p(z|x)) for any q (notes 004, 'Variational lower bound')")
+              note="algebra: log p(x) = L(q) + KL(q || p(z|x)) for any q: the variational lower bound")
 
 # %% [markdown]
 # ## 3. The M-step is the maximiser of L(q, .): its gradient in the means vanishes
