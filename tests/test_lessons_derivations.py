@@ -1,4 +1,4 @@
-"""The derivation lessons 02, 06, 07 and 10 run in quick mode and their printed checks hold.
+"""The derivation lessons 02, 06 (full mode: seconds), 07 and 10 (--quick) run and their checks hold.
 
 Each lesson's ``main(argv)`` returns the numbers it prints; these tests run it with
 ``--quick --out <tmp>`` and assert
@@ -21,8 +21,8 @@ import pytest
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_quick(run_lesson, stem, tmp_path):
-    res = run_lesson(stem, ["--quick", "--out", str(tmp_path), "--seed", "0"])
+def run_quick(run_lesson, stem, tmp_path, quick=True):
+    res = run_lesson(stem, (["--quick"] if quick else []) + ["--out", str(tmp_path), "--seed", "0"])
     failed = {k: v for k, v in res["checks"].items() if not v["ok"]}
     assert not failed, f"{stem}: checks failed: {failed}"
     assert res["all_ok"] is True
@@ -36,7 +36,7 @@ def run_quick(run_lesson, stem, tmp_path):
 
 
 def test_02_kl_gaussian(tmp_path, run_lesson):
-    res = run_quick(run_lesson, "02_kl_gaussian", tmp_path)
+    res = run_quick(run_lesson, "02_kl_gaussian", tmp_path, quick=False)        # full: seconds
     mu, sigma = 1.0, 0.6
     assert res["kl_1d"] == pytest.approx((sigma ** 2 + mu ** 2 - 1) / 2 - np.log(sigma), abs=1e-15)
     for est, se in zip(res["kl_1d_mc"], res["kl_1d_se"]):          # MC within 4 standard errors
@@ -57,7 +57,7 @@ def test_02_kl_gaussian(tmp_path, run_lesson):
 
 
 def test_06_importance_sampling(tmp_path, run_lesson):
-    res = run_quick(run_lesson, "06_importance_sampling", tmp_path)
+    res = run_quick(run_lesson, "06_importance_sampling", tmp_path, quick=False)   # full: ~15 s
     L, se, log_px = res["L"], res["L_se"], res["log_px"]
     # the k-sample bound: L_1 <= L_5 <= L_50 <= L_200 <= log p(x), within 3 SE of each difference
     ks = [1, 5, 50, 200]

@@ -20,7 +20,7 @@ def test_lesson_03_vae_mnist(tmp_path, run_lesson):
 
 
 def test_lesson_04_gradient_estimators(tmp_path, run_lesson):
-    res = run_lesson("04_gradient_estimators", ["--quick", "--out", str(tmp_path)])
+    res = run_lesson("04_gradient_estimators", ["--out", str(tmp_path)])          # full: seconds
     assert_lesson_ok(res, tmp_path, 10, ["toy_grad_mu.png", "toy_grad_logvar.png",
                                          "encoder_gradient_variance.png"])
     assert res["numbers"]["encoder_variance_ratio_median"] > 10
