@@ -100,6 +100,9 @@ S_eval = 2 if quick else 10
 print(f"training {len(betas)} VAEs (hidden {arch['hidden']}, latent {arch['latent']}) for {epochs} "
       f"epochs on {n_train} offline MNIST digits; evaluating on {n_test} test digits")
 
+# %% [markdown]
+# ## One VAE per beta (same initialisation, data and epochs); (B) per beta, -ELBO at beta = 1
+# %%
 x64 = x_test.astype(np.float64)
 rows = []
 for beta in betas:
