@@ -180,5 +180,5 @@ numbers["models"] = rows
 results = C.finish(table, {"checks": table.to_dict(), "figures": figures, "numbers": numbers})
 
 # %%
-if __name__ == "__main__":
+if __name__ == "__main__" and not C.in_notebook():      # a script: exit non-zero if a check failed
     sys.exit(0 if results["all_ok"] else 1)
