@@ -14,7 +14,7 @@ def test_cells_compile_alone(lesson):
     src = lesson.read_text()
     cells = re.split(r"^# %%.*$", src, flags=re.M)
     assert len(cells) >= 6, f"{lesson.name}: expected a cell per step, found {len(cells) - 1} markers"
-    assert not re.search(r"^\s+# %%", src, flags=re.M), f"{lesson.name}: an indented cell marker"
+    assert not re.search(r"^[ \t]+# %%", src, flags=re.M), f"{lesson.name}: an indented cell marker"
     for i, cell in enumerate(cells):
         compile(cell, f"{lesson.name}[cell {i}]", "exec")
     assert "C.in_notebook()" in cells[-1], f"{lesson.name}: the last cell must not sys.exit in a notebook"
