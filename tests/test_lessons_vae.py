@@ -12,7 +12,7 @@ def assert_lesson_ok(res, tmp_path, n_checks, figures):
 
 
 def test_lesson_03_vae_mnist(tmp_path, run_lesson):
-    res = run_lesson("03_vae_mnist", ["--quick", "--out", str(tmp_path)])
+    res = run_lesson("03_vae_mnist", ["--out", str(tmp_path)])                    # full: ~35 s
     assert_lesson_ok(res, tmp_path, 5, ["learning_curves.png", "reconstructions.png", "samples.png",
                                         "manifold.png", "latent_scatter.png", "learning_curves_2d_vs_20d.png"])
     n = res["numbers"]
