@@ -239,7 +239,9 @@ for j, r in enumerate([header] + lines):
 figures.append(factor_figure(fa.params["W"], args.out / "factors.png", min(L, 32)))
 fig, ax = C.plt.subplots(figsize=(6, 4))
 ax.plot(np.arange(len(ll)), ll, marker="o", ms=2)
-ax.axhline(fa.score(X_test), color="k", ls="--", lw=1, label="final model on the test set")
+ax.axhline(fa.score(X_test), color="k", ls="--", lw=1,
+           label=f"final model on the test set (test - train = {d_tt:+.1f} +- {se_tt:.1f}: sampling error)"
+           if abs(d_tt) <= 3 * se_tt else "final model on the test set")
 ax.set_xlabel("EM iteration (M-steps)")
 ax.set_ylabel("mean log p(x) per image (nats)")
 ax.set_title(f"EM for factor analysis, L = {L}")
@@ -261,5 +263,5 @@ results = C.finish(table, {"figures": figures,
         "elbo_table": elbo_table, "loglik": ll.tolist(), "n_iter": fa.n_iter_})
 
 # %%
-if __name__ == "__main__":
+if __name__ == "__main__" and not C.in_notebook():      # a script: exit non-zero if a check failed
     sys.exit(0 if results["all_ok"] else 1)

@@ -42,12 +42,11 @@ import numpy as np  # noqa: E402
 
 from nplvm import objectives, plots  # noqa: E402
 from nplvm.data import load_dataset  # noqa: E402
-from nplvm.gradcheck import check_model  # noqa: E402
 from nplvm.models.vae import IWAE, VAE  # noqa: E402
 from nplvm.optim import Adam  # noqa: E402
 from nplvm.train import fit  # noqa: E402
 
-GRAD_TOL = 1e-5
+GRAD_TOL = 1e-7
 N_SE = 4.0
 KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 TRAIN_KS = (1, 5, 50)
@@ -69,9 +68,18 @@ def identities(args, table):
     l_vae, _ = VAE(kl="mc", **cfg).loss(x, args.seed)
     l_iwae, _ = IWAE(k=1, **cfg).loss(x, args.seed)
     table.add("IWAE loss at k = 1 = VAE loss with MC KL (same draw)", l_iwae, l_vae, 1e-12)
-    rep = check_model(IWAE(k=5, **cfg), x, seed=args.seed, eps=1e-5, max_entries_per_param=None)
-    table.add("IWAE k = 5 gradient vs finite differences (max rel. error)", max(rep.values()), 0.0, GRAD_TOL,
-              relation="<=", note="every entry of every parameter, float64, fixed noise")
+    # Richardson central differences (error O(h^4)), every entry.  Entries 1e6 times smaller than the
+    # largest carry rounding noise ~1e-12 of their own size, so the error is measured against the
+    # gradient's scale: max |analytic - numeric| / max |analytic| (a wrong term shows as O(1))
+    model = IWAE(k=5, **cfg)
+    _, grads = model.loss(x, args.seed)
+    grads = {k: g.copy() for k, g in grads.items()}
+    scale = max(float(np.abs(g).max()) for g in grads.values())
+    worst = max(float(np.abs(grads[name] - C.richardson_grad(lambda: model.loss(x, args.seed)[0], p, h=1e-3)).max())
+                for name, p in model.params.items()) / scale
+    table.add("IWAE k = 5 gradient vs FD (max abs. error / max |gradient|)", worst, 0.0, GRAD_TOL,
+              relation="<=", note="every entry of every parameter; Richardson differences (h = 1e-3, O(h^4)), "
+              "float64, fixed noise")
 
 
 # %% [markdown]
@@ -180,5 +188,5 @@ numbers["models"] = rows
 results = C.finish(table, {"checks": table.to_dict(), "figures": figures, "numbers": numbers})
 
 # %%
-if __name__ == "__main__":
+if __name__ == "__main__" and not C.in_notebook():      # a script: exit non-zero if a check failed
     sys.exit(0 if results["all_ok"] else 1)

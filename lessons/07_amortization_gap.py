@@ -1,6 +1,7 @@
 """Lesson 07: per-datapoint variational inference vs the amortized encoder, and the two gaps.
 
-Lecture notes 004 ("II. Optimization"): with the decoder theta fixed, the E-step of variational EM
+Lecture notes 001_3b34c7ea4ef78f1e.txt, "II. OPTIMIZATION" ("A. VARIATIONAL INFERENCE", "B.
+AMORTIZATION", "C. JOINT TRAINING"): with the decoder theta fixed, the E-step of variational EM
 fits a Gaussian q_n(z) = N(mu_n, diag sigma_n^2) to each data point separately,
 
     mu_n*, sigma_n* = argmax ELBO(theta, q_n) = argmin KL(q_n || p_theta(z|x_n)),        (A. VI)
@@ -26,14 +27,21 @@ the reparameterized gradient of
     d ELBO/d logvar = E[g * eps * e^(logvar/2) / 2] - (e^logvar - 1)/2,   g = d log p(x|z)/dz,
 
 with g from the decoder's hand-written backward (nn.MLP.backward returns dL/dz).  log p(x) is
-estimated by importance sampling with K samples from q*_x (lesson 06: a lower bound in
-expectation, tight for large K).
+estimated by importance sampling (lesson 06: a lower bound in expectation, tight for large K
+only if the proposal's tails cover the posterior's).  q*_x itself is a poor proposal: fitted by
+minimising KL(q || p(z|x)), it is narrower than the posterior, so its weights are heavy-tailed
+and IS with q* alone underestimates log p(x) -- for some images below the estimate with the
+encoder's wider q_phi.  The lesson therefore uses a defensive mixture of q*, q_phi and a widened
+q*, whose weights are bounded by three times each component's, and shows all three estimates.
 
 Checks: the per-datapoint ELBO gradient against finite differences (float64, eps fixed); the
-amortization gap >= 0 and the approximation gap >= 0, per digit and on average, within standard
-errors; local VI raising the ELBO above the encoder's for the average digit.
+amortization gap >= 0 and the approximation gap >= 0, per test image and on average, within
+standard errors; local VI raising the ELBO above the encoder's for the average image; the
+mixture's log p(x) estimate: two independent halves agree, and it is not below either single
+proposal's estimate (each is biased low).
 
-Before the VAE, the exact version of the same picture (notes 004 "In EM", 003 "E step / M step"):
+Before the VAE, the exact version of the same picture (notes 001, "II. OPTIMIZATION": "IN EM",
+Step E / Step M; notes 004_eef4e39dcc0eb5a8.txt, "EM-algorithm"):
 EM on factor analysis is coordinate ascent on ELBO(theta, q).  The E-step sets q to the exact
 posterior p(z|x, theta), which makes the bound tight (ELBO = log p(x)); the M-step raises the
 ELBO over theta with q fixed, and log p(x; theta_new) >= ELBO(theta_new, q) >= log p(x; theta_old).
@@ -381,5 +389,5 @@ results["figures"].append(C.save_figure(fig, args.out / "amortization_gap.png"))
 results = C.finish(table, results)
 
 # %%
-if __name__ == "__main__":
+if __name__ == "__main__" and not C.in_notebook():      # a script: exit non-zero if a check failed
     sys.exit(0 if results["all_ok"] else 1)

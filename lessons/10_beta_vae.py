@@ -1,6 +1,7 @@
 """Lesson 10: the beta-VAE objective as a Lagrangian, and the rate-distortion curve it traces.
 
-Lecture notes (002, "Variants of VAE with elaborated losses"): maximise the reconstruction term
+Lecture notes 002_e73e17ee4c7eee9a.txt, "VARIANTS OF VARIATIONAL AUTOENCODER WITH ELABORATED LOSSES":
+maximise the reconstruction term
 subject to a budget on the KL,
 
     max E_{q(z|x)}[log p(x|z)]   subject to   KL(q(z|x) || p(z)) < epsilon,
@@ -99,6 +100,9 @@ S_eval = 2 if quick else 10
 print(f"training {len(betas)} VAEs (hidden {arch['hidden']}, latent {arch['latent']}) for {epochs} "
       f"epochs on {n_train} offline MNIST digits; evaluating on {n_test} test digits")
 
+# %% [markdown]
+# ## One VAE per beta (same initialisation, data and epochs); (B) per beta, -ELBO at beta = 1
+# %%
 x64 = x_test.astype(np.float64)
 rows = []
 for beta in betas:
@@ -195,5 +199,5 @@ results["figures"].append(C.save_figure(fig, args.out / "rate_distortion.png"))
 results = C.finish(table, results)
 
 # %%
-if __name__ == "__main__":
+if __name__ == "__main__" and not C.in_notebook():      # a script: exit non-zero if a check failed
     sys.exit(0 if results["all_ok"] else 1)

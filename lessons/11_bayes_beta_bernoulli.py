@@ -83,7 +83,7 @@ print(f"data: n = {n} flips, k = {k} heads (theta_true = {theta_true}); prior Be
 # %%
 theta_ml = k / n
 table.add("(ML) k/n = argmax log p(X|theta) (numerical)", theta_ml,
-          argmax_numeric(lambda t: log_lik(t, k, n)), OPT_TOL, note=f"tol = the optimiser's xatol")
+          argmax_numeric(lambda t: log_lik(t, k, n)), OPT_TOL, note="tol = the optimiser's xatol")
 
 # %% [markdown]
 # ## (B) and (E): Bayes' rule, posterior = prior x likelihood / evidence, by quadrature
@@ -172,5 +172,5 @@ results["figures"].append(C.save_figure(fig, args.out / "prior_likelihood_poster
 results = C.finish(table, results)
 
 # %%
-if __name__ == "__main__":
+if __name__ == "__main__" and not C.in_notebook():      # a script: exit non-zero if a check failed
     sys.exit(0 if results["all_ok"] else 1)

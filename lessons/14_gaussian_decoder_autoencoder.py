@@ -278,8 +278,10 @@ se_boot = float(np.std(boot, ddof=1))
 table.add("codes: KL(AE codes || N(0,I)) - KL(VAE codes || N(0,I)) >= 4 SE", results["codes_kl_AE"]
           - results["codes_kl_VAE"], N_SE * se_boot, 0.0, ">=",
           note=f"moment-matched Gaussians of the training codes; SE by {B} paired bootstrap resamples")
-print("the VAE's KL term pulls its codes towards N(0, I), so z ~ N(0, I) lands where the decoder was "
-      "trained; nothing does that for the AE, whose prior samples decode to blurs or non-digits")
+print("the VAE's KL term pulls its codes towards N(0, I), so z ~ N(0, I) mostly lands where its decoder "
+      "was trained (its samples: blurry digits, the mean of a Gaussian decoder); nothing does that for the "
+      "AE, whose codes spread beyond the prior's bulk, so its decoded prior samples are fainter and more "
+      "often not digits (prior_samples.png)")
 z = rng.standard_normal((32, L)).astype(np.float32)
 grid = np.concatenate([np.clip(vae.decode(z), 0, 1), np.clip(ae.decode(z), 0, 1)])
 results["figures"].append(str(plots.image_grid(grid, args.out / "prior_samples.png", nrow=8,
@@ -289,10 +291,10 @@ results["figures"].append(str(plots.image_grid(np.clip(recon, 0, 1), args.out / 
                                                title="test images; VAE means m(mu(x)); AE m(z(x))")))
 fig, ax = C.plt.subplots(1, 2, figsize=(10, 4.5), sharex=True, sharey=True)
 tt = np.linspace(0, 2 * np.pi, 100)
-for a, name, c in ((ax[0], "AE", codes_ae), (ax[1], "VAE (posterior means)", codes_vae)):
+for a, name, c in ((ax[0], "AE", codes_ae), (ax[1], "VAE means", codes_vae)):
     a.scatter(c[:2000, 0], c[:2000, 1], c=ds.train_labels[:len(c)][:2000], cmap="tab10", s=3)
     a.plot(2 * np.cos(tt), 2 * np.sin(tt), "k--", lw=1, label="2 sd of the prior N(0, I)")
-    a.set(xlabel="z_1", ylabel="z_2", title=f"{name}: codes of training images (dims 1, 2)")
+    a.set(xlabel="z_1", ylabel="z_2", title=f"{name}: training codes, dims 1-2 (colour: digit)")
     a.legend(fontsize=8, loc="upper right")
 results["figures"].append(C.save_figure(fig, args.out / "codes_vs_prior.png"))
 results.update(mse_ae=float(err_ae_n.mean()), mse_vae=float(err_vae_n.mean()),
@@ -301,5 +303,5 @@ results.update(mse_ae=float(err_ae_n.mean()), mse_vae=float(err_vae_n.mean()),
 results = C.finish(table, results)
 
 # %%
-if __name__ == "__main__":
+if __name__ == "__main__" and not C.in_notebook():      # a script: exit non-zero if a check failed
     sys.exit(0 if results["all_ok"] else 1)

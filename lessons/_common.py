@@ -53,7 +53,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")                            # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported for the lessons)
 
-__all__ = ["parse_args", "lesson_name", "lesson_argv", "run_lesson", "save_figure", "CheckTable",
+__all__ = ["parse_args", "lesson_name", "in_notebook", "lesson_argv", "run_lesson", "save_figure", "CheckTable",
            "finish", "richardson_grad", "quick_or", "plt", "REPO_ROOT"]
 
 _ARGV = None                                     # set by run_lesson for the lesson it runs
@@ -67,13 +67,18 @@ def lesson_name(file):
     return Path(file).stem
 
 
+def in_notebook():
+    """Whether the lesson runs inside IPython/Jupyter (where it must not call sys.exit)."""
+    return "ipykernel" in sys.modules or "IPython" in sys.modules
+
+
 def lesson_argv():
     """The lesson's command-line arguments: those given to ``run_lesson``, else the script's
     (``sys.argv[1:]``), else -- in a notebook, whose kernel has its own command line --
     ``$NPLVM_LESSON_ARGS`` split like a shell would (default: none, the full lesson)."""
     if _ARGV is not None:
         return list(_ARGV)
-    if "ipykernel" in sys.modules or "IPython" in sys.modules:
+    if in_notebook():
         return shlex.split(os.environ.get("NPLVM_LESSON_ARGS", ""))
     return sys.argv[1:]
 

@@ -1,4 +1,4 @@
-"""Lesson 01 (factor analysis) in --quick mode: every printed check holds, the figures exist, and
+"""Lesson 01 (factor analysis) in full mode: every printed check holds, the figures exist, and
 the ELBO table says what the notes say (three presentations equal, gap = KL to the posterior)."""
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="module")
 def result(tmp_path_factory, run_lesson):
     out = tmp_path_factory.mktemp("lesson01")
-    return run_lesson("01_factor_analysis", ["--quick", "--out", str(out), "--seed", "0"])
+    return run_lesson("01_factor_analysis", ["--out", str(out), "--seed", "0"])      # full: ~20 s
 
 
 def test_every_check_holds(result):

@@ -1,4 +1,4 @@
-"""The derivation lessons 02, 06, 07 and 10 run in quick mode and their printed checks hold.
+"""The derivation lessons 02, 06, 10 (full mode: under a minute) and 07 (--quick) run; their checks hold.
 
 Each lesson's ``main(argv)`` returns the numbers it prints; these tests run it with
 ``--quick --out <tmp>`` and assert
@@ -21,8 +21,8 @@ import pytest
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_quick(run_lesson, stem, tmp_path):
-    res = run_lesson(stem, ["--quick", "--out", str(tmp_path), "--seed", "0"])
+def run_quick(run_lesson, stem, tmp_path, quick=True):
+    res = run_lesson(stem, (["--quick"] if quick else []) + ["--out", str(tmp_path), "--seed", "0"])
     failed = {k: v for k, v in res["checks"].items() if not v["ok"]}
     assert not failed, f"{stem}: checks failed: {failed}"
     assert res["all_ok"] is True
@@ -36,7 +36,7 @@ def run_quick(run_lesson, stem, tmp_path):
 
 
 def test_02_kl_gaussian(tmp_path, run_lesson):
-    res = run_quick(run_lesson, "02_kl_gaussian", tmp_path)
+    res = run_quick(run_lesson, "02_kl_gaussian", tmp_path, quick=False)        # full: seconds
     mu, sigma = 1.0, 0.6
     assert res["kl_1d"] == pytest.approx((sigma ** 2 + mu ** 2 - 1) / 2 - np.log(sigma), abs=1e-15)
     for est, se in zip(res["kl_1d_mc"], res["kl_1d_se"]):          # MC within 4 standard errors
@@ -57,7 +57,7 @@ def test_02_kl_gaussian(tmp_path, run_lesson):
 
 
 def test_06_importance_sampling(tmp_path, run_lesson):
-    res = run_quick(run_lesson, "06_importance_sampling", tmp_path)
+    res = run_quick(run_lesson, "06_importance_sampling", tmp_path, quick=False)   # full: ~15 s
     L, se, log_px = res["L"], res["L_se"], res["log_px"]
     # the k-sample bound: L_1 <= L_5 <= L_50 <= L_200 <= log p(x), within 3 SE of each difference
     ks = [1, 5, 50, 200]
@@ -71,11 +71,13 @@ def test_06_importance_sampling(tmp_path, run_lesson):
     for name, st in res["stats"].items():
         for K, (mean, se_k, _) in st.items():
             assert mean <= log_px + 3 * se_k, (name, K)
-    # delta method for the prior proposal: bias ~ -Var(w/p(x)) / (2K) at the largest K
-    K = res["Ks"][-1]
-    bias = res["stats"]["prior"][K][0] - log_px
+    # delta method for the prior proposal: bias ~ -Var(w/p(x)) / (2K) at the K the lesson chose,
+    # where the prediction is resolved (>= 8 SE of the measured bias)
+    K = res["bias_K"]["prior"]
+    bias, se_K = res["stats"]["prior"][K][0] - log_px, res["stats"]["prior"][K][1]
     pred = -res["rel_var"]["prior"] / (2 * K)
-    assert abs(bias - pred) <= 3 * res["stats"]["prior"][K][1] + 0.1 * abs(pred)
+    assert abs(pred) >= 8 * se_K
+    assert abs(bias - pred) <= 4 * se_K + 0.1 * abs(pred)
     assert res["rel_var"]["mean-field"] == float("inf")
     # grad L_k = sum_i w~_i grad log w_i, for the proposal's and the model's parameters
     assert set(res["grad_errors"]) == {"m", "s", "W", "mu", "log_psi"}
@@ -107,7 +109,7 @@ def test_07_amortization_gap(tmp_path, run_lesson):
 
 
 def test_10_beta_vae(tmp_path, run_lesson):
-    res = run_quick(run_lesson, "10_beta_vae", tmp_path)
+    res = run_quick(run_lesson, "10_beta_vae", tmp_path, quick=False)          # full: ~35 s (the chords)
     rows = res["curve"]
     assert [r["beta"] for r in rows] == sorted(r["beta"] for r in rows) and len(rows) >= 3
     for r in rows:                                                  # loss = D + beta R, same eps
@@ -118,3 +120,5 @@ def test_10_beta_vae(tmp_path, run_lesson):
     assert abs(res["neg_elbo_beta1"] - (one["D_loss_eps"] + one["R_loss_eps"])) < 1e-9
     # a larger beta buys a lower rate: R decreases along the betas
     assert rows[0]["R"] > rows[-1]["R"]
+    chords = [k for k in res["checks"] if k.startswith("chord beta")]
+    assert len(chords) == len(rows) - 1                              # full mode: every chord checked
