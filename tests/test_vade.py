@@ -114,19 +114,7 @@ def test_elbo_pieces_add_up_and_bound_log_px():
     assert np.all(elbo <= log_px + 0.05)
 
 
-# -- the contract --------------------------------------------------------------------------------
-
-def test_loss_returns_arrays_the_caller_owns_and_grad_false():
-    m = small()
-    x = binary()
-    l1, g1 = m.loss(x, 1)
-    keep = {k: v.copy() for k, v in g1.items()}
-    m.loss(x, 2)
-    for k in keep:
-        np.testing.assert_array_equal(g1[k], keep[k])
-    l3, g3 = m.loss(x, 1, grad=False)
-    assert g3 is None and l3 == l1
-
+# -- the contract (the rest is tests/test_contract.py's, for every kind) --------------------------
 
 def test_build_from_config_and_float32_training_step():
     m = VaDE(x_dim=12, hidden=[8], latent=2, n_components=3, seed=1)
