@@ -37,7 +37,8 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+FILE = Path(globals().get("__file__", "18_optimal_prior.py")).resolve()   # a notebook has no __file__: open it in lessons/
+sys.path.insert(0, str(FILE.parent))
 
 import _common as C  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
@@ -332,26 +333,27 @@ def density_ratio_vae(table, results, args, x_train, n_points, lim):
     results["figures"].append(str(args.out / "discriminator_log_ratio.png"))
 
 
-def main(argv=None):
-    args = C.parse_args(argv, __doc__, __file__)
-    table = C.CheckTable("Lesson 18: the optimal prior")
-    results = {"figures": []}
-    print("[1] density ratio = class probability: two Gaussians")
-    density_ratio_trick(table, results, args)
-    print("[2] gradient checks")
-    gradient_checks(table, results, args)
-    ds = load_dataset("offline", seed=args.seed)
-    x_train = ds.train[:C.quick_or(args, 1000, 4000)]
-    n_points = C.quick_or(args, 100, 500)
-    print(f"[3] (KLD) on a 2-D VAE, p_D = {n_points} training images")
-    mu, logvar, lim, kl_vae = decomposition(table, results, args, x_train, n_points)
-    print("[4] VampPrior, 2-D latent")
-    vampprior_2d(table, results, args, x_train, n_points, lim, kl_vae)
-    print("[5] density-ratio VAE, 2-D latent")
-    density_ratio_vae(table, results, args, x_train, n_points, lim)
-    return C.finish(table, results)
+# %% [markdown]
+# ## The lesson, step by step
+# %%
+args = C.parse_args(C.lesson_argv(), globals().get("__doc__"), FILE)
+table = C.CheckTable("Lesson 18: the optimal prior")
+results = {"figures": []}
+print("[1] density ratio = class probability: two Gaussians")
+density_ratio_trick(table, results, args)
+print("[2] gradient checks")
+gradient_checks(table, results, args)
+ds = load_dataset("offline", seed=args.seed)
+x_train = ds.train[:C.quick_or(args, 1000, 4000)]
+n_points = C.quick_or(args, 100, 500)
+print(f"[3] (KLD) on a 2-D VAE, p_D = {n_points} training images")
+mu, logvar, lim, kl_vae = decomposition(table, results, args, x_train, n_points)
+print("[4] VampPrior, 2-D latent")
+vampprior_2d(table, results, args, x_train, n_points, lim, kl_vae)
+print("[5] density-ratio VAE, 2-D latent")
+density_ratio_vae(table, results, args, x_train, n_points, lim)
+results = C.finish(table, results)
 
-
-if __name__ == "__main__":
-    out = main()
-    sys.exit(0 if out["all_ok"] else 1)
+# %%
+if __name__ == "__main__" and not C.in_notebook():      # a script: exit non-zero if a check failed
+    sys.exit(0 if results["all_ok"] else 1)

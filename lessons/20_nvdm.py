@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+FILE = Path(globals().get("__file__", "20_nvdm.py")).resolve()   # a notebook has no __file__: open it in lessons/
+sys.path.insert(0, str(FILE.parent))
 
 import _common as C  # noqa: E402  (puts the repository on sys.path, selects the Agg backend)
 
@@ -226,36 +227,37 @@ def directions_figure(args, model, ds):
     return C.save_figure(fig, args.out / "directions.png"), tops, principal
 
 
-def main(argv=None):
-    args = C.parse_args(argv, __doc__, __file__, extra=extra_flags)
-    table = C.CheckTable("Lesson 20: NVDM checks")
-    print("[1] gradients, float64")
-    grad_error = check_gradients(table, args.seed)
-    ds = load_text_dataset(args.data, seed=args.seed)
-    L = args.latent or C.quick_or(args, 4, 20)
-    hidden = tuple(int(h) for h in str(args.hidden or C.quick_or(args, 16, 200)).split(","))
-    print(f"\n[2] {ds!r}")
-    ppl_uni, ppl_lda = baselines(args, ds, L)
-    model, history = train(args, ds, L, hidden)
-    first, best = history[0]["valid_ppl"], min(h["valid_ppl"] for h in history)
-    table.add("training lowers the validation perplexity", best, first, tol=0.0, relation="<=",
-              note="best evaluation vs the first (after one epoch)")
-    ppl = evaluate(args, table, model, ds)
-    figures = [plot_curves(args, history, ppl_uni, ppl_lda, ppl)]
-    fig, nearest = nearest_table(args, model, ds)
-    figures.append(fig)
-    fig, tops, principal = directions_figure(args, model, ds)
-    figures.append(fig)
-    print(f"\n    test perplexity: NVDM {ppl['elbo']:.1f} (ELBO), {ppl['is']:.1f} (IS); "
-          f"LDA {ppl_lda['test']:.1f}; unigram {ppl_uni['test']:.1f}; uniform {ds.V}")
-    print()
-    print(table)
-    return {"checks": table.to_dict(), "figures": figures, "history": history, "grad_error": grad_error,
-            "perplexity": ppl, "lda": ppl_lda, "unigram": ppl_uni, "nearest": nearest, "directions": tops,
-            "principal_directions": principal,
-            "config": model.config}
+# %% [markdown]
+# ## The lesson, step by step
+# %%
+args = C.parse_args(C.lesson_argv(), globals().get("__doc__"), FILE, extra=extra_flags)
+table = C.CheckTable("Lesson 20: NVDM checks")
+print("[1] gradients, float64")
+grad_error = check_gradients(table, args.seed)
+ds = load_text_dataset(args.data, seed=args.seed)
+L = args.latent or C.quick_or(args, 4, 20)
+hidden = tuple(int(h) for h in str(args.hidden or C.quick_or(args, 16, 200)).split(","))
+print(f"\n[2] {ds!r}")
+ppl_uni, ppl_lda = baselines(args, ds, L)
+model, history = train(args, ds, L, hidden)
+first, best = history[0]["valid_ppl"], min(h["valid_ppl"] for h in history)
+table.add("training lowers the validation perplexity", best, first, tol=0.0, relation="<=",
+          note="best evaluation vs the first (after one epoch)")
+ppl = evaluate(args, table, model, ds)
+figures = [plot_curves(args, history, ppl_uni, ppl_lda, ppl)]
+fig, nearest = nearest_table(args, model, ds)
+figures.append(fig)
+fig, tops, principal = directions_figure(args, model, ds)
+figures.append(fig)
+print(f"\n    test perplexity: NVDM {ppl['elbo']:.1f} (ELBO), {ppl['is']:.1f} (IS); "
+      f"LDA {ppl_lda['test']:.1f}; unigram {ppl_uni['test']:.1f}; uniform {ds.V}")
+print()
+print(table)
+results = {"checks": table.to_dict(), "figures": figures, "history": history, "grad_error": grad_error,
+           "perplexity": ppl, "lda": ppl_lda, "unigram": ppl_uni, "nearest": nearest, "directions": tops,
+           "principal_directions": principal,
+           "config": model.config}
 
-
-if __name__ == "__main__":
-    result = main()
-    sys.exit(0 if all(r["ok"] for r in result["checks"].values()) else 1)
+# %%
+if __name__ == "__main__" and not C.in_notebook():      # a script: exit non-zero if a check failed
+    sys.exit(0 if all(r["ok"] for r in results["checks"].values()) else 1)

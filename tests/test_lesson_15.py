@@ -2,8 +2,8 @@
 from pathlib import Path
 
 
-def test_lesson_15_quick(tmp_path, load_lesson):
-    res = load_lesson("15_cvae").main(["--quick", "--out", str(tmp_path)])
+def test_lesson_15_quick(tmp_path, run_lesson):
+    res = run_lesson("15_cvae", ["--quick", "--out", str(tmp_path)])
     bad = {k: r for k, r in res["checks"].items() if not r["ok"]}
     assert not bad, bad
     assert len(res["checks"]) >= 15

@@ -2,8 +2,8 @@
 from pathlib import Path
 
 
-def test_lesson_16_quick(tmp_path, load_lesson):
-    res = load_lesson("16_vade").main(["--quick", "--out", str(tmp_path), "--seed", "0"])
+def test_lesson_16_quick(tmp_path, run_lesson):
+    res = run_lesson("16_vade", ["--quick", "--out", str(tmp_path), "--seed", "0"])
     failed = [k for k, r in res["checks"].items() if not r["ok"]]
     assert res["all_ok"] and not failed, failed
     assert len(res["checks"]) >= 5

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 
 
-def test_lesson_17_quick(tmp_path, capsys, load_lesson):
-    res = load_lesson("17_hierarchical_vae").main(["--quick", "--out", str(tmp_path), "--seed", "0"])
+def test_lesson_17_quick(tmp_path, capsys, run_lesson):
+    res = run_lesson("17_hierarchical_vae", ["--quick", "--out", str(tmp_path), "--seed", "0"])
     out = capsys.readouterr().out
     assert res["all_ok"], [k for k, r in res["checks"].items() if not r["ok"]]
     assert len(res["checks"]) == 13

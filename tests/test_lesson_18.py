@@ -2,8 +2,8 @@
 from pathlib import Path
 
 
-def test_lesson_18_quick(tmp_path, capsys, load_lesson):
-    res = load_lesson("18_optimal_prior").main(["--quick", "--out", str(tmp_path), "--seed", "0"])
+def test_lesson_18_quick(tmp_path, capsys, run_lesson):
+    res = run_lesson("18_optimal_prior", ["--quick", "--out", str(tmp_path), "--seed", "0"])
     out = capsys.readouterr().out
     assert res["all_ok"], [k for k, r in res["checks"].items() if not r["ok"]]
     assert len(res["checks"]) >= 14

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 
 
-def test_lesson_20_quick(tmp_path, capsys, load_lesson):
-    res = load_lesson("20_nvdm").main(["--quick", "--out", str(tmp_path), "--seed", "0"])
+def test_lesson_20_quick(tmp_path, capsys, run_lesson):
+    res = run_lesson("20_nvdm", ["--quick", "--out", str(tmp_path), "--seed", "0"])
     out = capsys.readouterr().out
     failed = [k for k, r in res["checks"].items() if not r["ok"]]
     assert not failed, failed
