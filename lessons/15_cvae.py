@@ -1,5 +1,7 @@
 """Lesson 15: the conditional VAE (Sohn, Lee & Yan, 2015): why structured prediction needs a latent.
 
+Cited: lecture notes 002_e73e17ee4c7eee9a.txt, "VARIANTS OF VARIATIONAL AUTOENCODER WITH CONDITIONAL PROBABILITY".
+
 Lecture notes (002, "Variants of VAE with conditional probability"): condition every density of
 the VAE on the input x (the notes write y for the condition and e for the evidence):
 

@@ -1,5 +1,7 @@
 """Lesson 16: VaDE, clustering with a mixture-of-Gaussians prior; and why the GMVAE's accuracy falls.
 
+Cited: lecture notes 002_e73e17ee4c7eee9a.txt, "The Generative Process of VADE", "VaDE Experimental Result".
+
 Lecture notes (seed 002, "The Generative Process of VaDE" and "VaDE Experimental Result"):
 
     c ~ Cat(pi),   z | c ~ N(mu_c, diag sigma_c^2),   x | z ~ Bern(sigmoid(decoder(z)))

@@ -1,5 +1,7 @@
 """Lesson 17: hierarchical VAEs -- stacked latent layers, bottom-up vs ladder inference.
 
+Cited: lecture notes 002_e73e17ee4c7eee9a.txt, "Hierarchical random variable", "Ladder VAE".
+
 Lecture notes (002, the last part): a layered prior p(z) = p(z_L) prod_i p(z_i|z_{i+1}) and two
 ways to build q(z|x):
 

@@ -1,5 +1,7 @@
 """Lesson 18: the optimal prior is the aggregated posterior -- by density ratio and by VampPrior.
 
+Cited: lecture notes 002_e73e17ee4c7eee9a.txt, "Optimal prior ELBO".
+
 Lecture notes (002, "Optimal prior").  The prior that maximises the data-averaged ELBO is the
 aggregated posterior q(z) = E_pD[q(z|x)], because the KL term splits as
 

@@ -1,7 +1,7 @@
 """Lesson 19: disentanglement -- the beta-VAE against the FactorVAE, total correlation by density ratio.
 
-Lecture notes (seed 002_e73e17ee4c7eee9a.txt, "Obvious disadvantage of beta-VAE: over-regularization"
-and "Total correlation"): the beta-VAE buys independence between the latent dimensions by pulling
+Lecture notes (002_e73e17ee4c7eee9a.txt, "Called, Latent disentanglement", "Total correlation";
+the beta-VAE's "obvious disadvantage ... over-regularization"): the beta-VAE buys independence between the latent dimensions by pulling
 q(z|x) towards N(0, I) with weight beta > 1, and pays with reconstructions.  What we want is only
 that the dimensions of the *aggregate* code q(z) = E_pD[q(z|x)] be independent, that is a small
 

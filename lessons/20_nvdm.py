@@ -1,5 +1,7 @@
 """Lesson 20: the Neural Variational Document Model (Miao, Yu & Blunsom, 2016): a VAE for text.
 
+Cited: lecture notes 002_e73e17ee4c7eee9a.txt, "Neural Variational Document Model".
+
 Lecture notes (seed 002, "Neural Variational Document Model"): the input is a bag of words and
 the decoder becomes a softmax over the vocabulary,
 
