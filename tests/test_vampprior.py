@@ -102,18 +102,14 @@ def test_active_units():
     assert n == 2 and var.shape == (3,)
 
 
-def test_contract_registry_config_fresh_grads_float32():
+def test_registry_config_pseudo_inputs_float32():
     assert get_class("vampprior") is VampPrior
     m = small()
     assert json.loads(json.dumps(m.config)) == m.config
     x = binary()
     m2 = build("vampprior", m.config)
     assert m2.loss(x, 1)[0] == m.loss(x, 1)[0]
-    _, g1 = m.loss(x, 1)
-    keep = {k: v.copy() for k, v in g1.items()}
-    m.loss(binary(seed=5), 2)
-    for k in g1:
-        np.testing.assert_array_equal(g1[k], keep[k])
+    _, g1 = m.loss(x, 1)                         # owned arrays: tests/test_contract.py, every kind
     assert set(g1) == set(m.params) and "pseudo" in m.params
     f = VampPrior(x_dim=12, hidden=[8], latent=2, n_pseudo=3)
     loss, grads = f.loss(x.astype(np.uint8), 0)
