@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 
 
-def test_lesson_08_quick(tmp_path, capsys, load_lesson):
-    res = load_lesson("08_gmvae").main(["--quick", "--out", str(tmp_path), "--seed", "0"])
+def test_lesson_08_quick(tmp_path, capsys, run_lesson):
+    res = run_lesson("08_gmvae", ["--quick", "--out", str(tmp_path), "--seed", "0"])
     out = capsys.readouterr().out
     failed = [k for k, r in res["checks"].items() if not r["ok"]]
     assert res["all_ok"] and not failed, failed
