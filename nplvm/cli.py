@@ -66,7 +66,7 @@ INTERRUPTED = 130            # exit status after Ctrl-C (128 + SIGINT), as shell
 # The naming table: one meaning per constructor argument name across all models (README,
 # "Model contract").  Each entry is the help text of the flag the CLI derives from it.
 PARAMETERS = {
-    "hidden": "hidden layer widths of the MLPs, comma-separated (the decoder mirrors the encoder)",
+    "hidden": "hidden layer widths of the MLPs, comma-separated (the encoder's; an MLP decoder mirrors them)",
     "latent": "latent size L (comma-separated sizes, bottom first, for stacked latent layers)",
     "activation": "activation of the hidden layers: relu, tanh, sigmoid, softplus or elu",
     "dtype": "parameter dtype: float32 to train, float64 to check gradients",
