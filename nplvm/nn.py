@@ -841,15 +841,17 @@ class BatchNorm(Module):
         """dy = dL/dy (N, n) -> dL/dx (N, n); dgamma and dbeta are ADDED to the grads."""
         xhat, s, train = cache
         _check_grad(dy, "dy", xhat)
-        self.gamma.grad += (dy * xhat).sum(axis=0)               # dgamma = sum_n dy_n x^_n
-        dbeta = dy.sum(axis=0)
-        self.beta.grad += dbeta                                  # dbeta = sum_n dy_n
+        dgamma = (dy * xhat).sum(axis=0)                         # dgamma = sum_n dy_n x^_n
+        dbeta = dy.sum(axis=0)                                   # dbeta = sum_n dy_n
         gs = self.gamma.value * s
-        if not train:
-            return dy * gs                                       # constants m, v: dx = dy gamma s
-        N = dy.shape[0]
-        # dx_n = gamma s / N (N dy_n - sum_k dy_k - x^_n sum_k dy_k x^_k)
-        return (gs / N) * (N * dy - dbeta - xhat * (dy * xhat).sum(axis=0))
+        if train:
+            # dx_n = gamma s / N (N dy_n - sum_k dy_k - x^_n sum_k dy_k x^_k)
+            dx = (gs / dy.shape[0]) * (dy.shape[0] * dy - dbeta - xhat * dgamma)
+        else:
+            dx = dy * gs                                         # constants m, v: dx = dy gamma s
+        self.gamma.add_grad(dgamma)                              # (fresh arrays: add_grad may keep them)
+        self.beta.add_grad(dbeta)
+        return dx
 
     def __repr__(self):
         return f"BatchNorm({self.n}, momentum={self.momentum}, eps={self.eps}, dtype={self.gamma.value.dtype})"

@@ -218,13 +218,11 @@ class _ConditionalVAE:
                             if objective != "gsnn" else None)                            # q(z|x, y)
         self.generation = MLP([self.x_in + L, *reversed(hidden), self.y_dim], activation, g,
                               self.dtype)                                               # p(y|x, z)
-        self.params, self.grads = {}, {}
-        for prefix, net in (("prior.", self.prior), ("rec.", self.recognition), ("gen.", self.generation)):
-            if net is None:
-                continue
-            for name, p in net.parameters().items():
-                self.params[prefix + name] = p.value
-                self.grads[prefix + name] = p.grad
+        self._nets = tuple((prefix, net) for prefix, net in
+                           (("prior.", self.prior), ("rec.", self.recognition), ("gen.", self.generation))
+                           if net is not None)
+        self.params = {prefix + name: p.value for prefix, net in self._nets
+                       for name, p in net.parameters().items()}
 
     rec_in = property(lambda self: self.x_in + self.y_dim)     # the recognition network reads [x, y]
 
@@ -317,8 +315,8 @@ class _ConditionalVAE:
         if not grad:
             return loss, None
 
-        for a in self.grads.values():
-            a.fill(0)
+        for _, net in self._nets:
+            net.release_grads()                                      # this call's grads: new arrays
         dz = self.generation.backward(dlogits, gen_cache)[:, Dx:].reshape(S, N, self.latent)
         dmu_p = np.zeros_like(mu_p)
         dlogvar_p = np.zeros_like(logvar_p)
@@ -334,7 +332,7 @@ class _ConditionalVAE:
             dmu_p += dmu_g
             dlogvar_p += dlogvar_g
         self.prior.backward(np.concatenate([dmu_p, dlogvar_p], 1), prior_cache, need_dx=False)
-        return loss, {k: a.copy() for k, a in self.grads.items()}
+        return loss, {k: g for prefix, net in self._nets for k, g in net.take_grads(prefix).items()}
 
     # -- evaluation --------------------------------------------------------------------------------
     def log_weights(self, data, K, rng):
@@ -505,7 +503,6 @@ class BaselineNet:
         self.hidden, self.activation = hidden, activation
         self.net = MLP([self.x_dim, *reversed(hidden), self.y_dim], activation, make_rng(int(seed)), self.dtype)
         self.params = {"net." + k: p.value for k, p in self.net.parameters().items()}
-        self.grads = {"net." + k: p.grad for k, p in self.net.parameters().items()}
         self.config = {"x_dim": self.x_dim, "hidden": list(hidden), "quadrants": self.quadrants,
                        "activation": activation, "dtype": self.dtype.name, "seed": int(seed)}
 
@@ -528,10 +525,9 @@ class BaselineNet:
         loss = float(np.mean(nll))
         if not grad:
             return loss, None
-        for a in self.grads.values():
-            a.fill(0)
+        self.net.release_grads()                                     # this call's grads: new arrays
         self.net.backward(dlogits, cache, need_dx=False)
-        return loss, {k: a.copy() for k, a in self.grads.items()}
+        return loss, self.net.take_grads("net.")
 
     def log_weights(self, images, K, rng=None):
         """log p(y|x) (exact: no latent) repeated K times, (K, N), so evaluation reports it as is."""

@@ -117,7 +117,6 @@ class Discriminator:
         self.net = MLP([self.in_dim, *hidden, 1], activation, make_rng(int(seed)), self.dtype)
         ps = self.net.parameters()
         self.params = {name: p.value for name, p in ps.items()}
-        self.grads = {name: p.grad for name, p in ps.items()}
 
     def __repr__(self):
         return f"Discriminator({self.net!r}, lr={self.lr})"
@@ -135,9 +134,9 @@ class Discriminator:
     def backward(self, dT, cache, need_dh=True):
         """dT = dL/dT (N,) -> dL/dh (N, in_dim) (None when need_dh is False).
 
-        The parameter gradients are ADDED to ``self.grads`` (nn convention); ``loss`` and
-        ``loss_on`` zero them first, so a model that backpropagates through T (and thereby adds to
-        them) does not disturb the discriminator's own step.
+        The parameter gradients are ADDED to the network's (nn convention); ``loss`` and
+        ``loss_on`` start from fresh ones (``release_grads``), so a model that backpropagates
+        through T (and thereby adds to them) does not disturb the discriminator's own step.
         """
         return self.net.backward(dT.reshape(-1, 1), cache, need_dx=need_dh)
 
@@ -164,9 +163,9 @@ class Discriminator:
         loss, dt_q, dt_p = logistic_loss(t[:n], t[n:])
         if not grad:
             return loss, None
-        self.net.zero_grad()
+        self.net.release_grads()                           # this call's grads: new arrays
         self.backward(np.concatenate([dt_q, dt_p]), cache, need_dh=False)
-        return loss, {k: g.copy() for k, g in self.grads.items()}
+        return loss, self.net.take_grads()
 
     def loss(self, x, rng, grad=True):
         """The contract: (L) on ``samples(x, rng)``, the two sample sets drawn for minibatch x."""

@@ -275,13 +275,12 @@ class _Hierarchy:
         self.down = [_Net([Ls[i + 1], *H, 2 * Ls[i]], activation, g, dt, batch_norm=bn)
                      for i in range(n_layers - 1)]
         self.dec = _Net([Ls[0], *reversed(H), self.x_dim], activation, g, dt, batch_norm=bn)
-        self.params, self._grads = {}, {}
-        nets = ([(f"up.{i}.", m) for i, m in enumerate(self.up)] + [(f"head.{i}.", m) for i, m in enumerate(self.head)]
+        self.params = {}
+        self._nets = nets = ([(f"up.{i}.", m) for i, m in enumerate(self.up)] + [(f"head.{i}.", m) for i, m in enumerate(self.head)]
                 + [(f"down.{i}.", m) for i, m in enumerate(self.down)] + [("dec.", self.dec)])
         for prefix, net in nets:
             for name, p in net.parameters().items():
                 self.params[prefix + name] = p.value
-                self._grads[prefix + name] = p.grad
             for name, a in (net.buffers().items() if isinstance(net, _Net) else ()):
                 self.params[prefix + name] = a                    # running statistics: zero gradient
         self.kl_weight = 1.0          # the ELBO; train.fit's set_epoch(e) applies the warm-up schedule
@@ -408,16 +407,16 @@ class _Hierarchy:
         if not grad:
             return loss, None
         self._backward(f, dlogits, kl_grads, w)
-        grads = {k: g.copy() for k, g in self._grads.items()}
+        grads = {k: g for prefix, net in self._nets for k, g in net.take_grads(prefix).items()}
         for k, a in self.params.items():
             if k not in grads:
                 grads[k] = np.zeros_like(a)                          # running statistics
         return loss, {k: grads[k] for k in self.params}
 
     def _backward(self, f, dlogits, kl_grads, w):
-        """Accumulate d loss / d param into the modules' grads (zeroed first); eps held fixed."""
-        for g in self._grads.values():
-            g.fill(0)
+        """Accumulate d loss / d param into the modules' grads (fresh ones); eps held fixed."""
+        for _, net in self._nets:
+            net.release_grads()                                      # this call's grads: new arrays
         n_layers, top = len(self.latent), len(self.latent) - 1
         eps = f["eps"]
         dz = [None] * n_layers

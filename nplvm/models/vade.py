@@ -123,13 +123,9 @@ class VaDE(Module):
         self.logvar_c = Parameter(np.zeros((K, L), dtype=self.dtype))         # logvar_c (K, L)
         self.config = {"x_dim": D, "hidden": list(hidden), "latent": L, "n_components": K,
                        "activation": activation, "dtype": self.dtype.name, "seed": self.seed}
-        self._live = {}
-        for prefix, net in (("enc.", self.encoder), ("dec.", self.decoder)):
-            for name, p in net.parameters().items():
-                self._live[prefix + name] = p
-        for name in ("pi_logits", "mu_c", "logvar_c"):
-            self._live[name] = getattr(self, name)
-        self.params = {k: p.value for k, p in self._live.items()}
+        self.params = {**{"enc." + k: v for k, v in self.encoder.param_arrays().items()},
+                       **{"dec." + k: v for k, v in self.decoder.param_arrays().items()},
+                       **{name: getattr(self, name).value for name in ("pi_logits", "mu_c", "logvar_c")}}
 
     def __repr__(self):
         return (f"VaDE(x_dim={self.x_dim}, hidden={self.hidden}, latent={self.latent}, "
@@ -140,12 +136,14 @@ class VaDE(Module):
         return int(sum(a.size for a in self.params.values()))
 
     def _grads(self):
-        """Fresh gradient arrays the caller owns (a later call never changes them)."""
-        return {k: p.grad.copy() for k, p in self._live.items()}
-
-    def _zero_grad(self):
-        for p in self._live.values():
-            p.grad.fill(0)
+        """This call's gradients keyed like ``params``, handed over (``nn.Module.take_grads``): arrays
+        the caller owns, zeros for a parameter no backward reached."""
+        out = {**self.encoder.take_grads("enc."), **self.decoder.take_grads("dec.")}
+        for name in ("pi_logits", "mu_c", "logvar_c"):
+            p = getattr(self, name)
+            out[name] = np.zeros_like(p.value) if p.grad is None else p.grad
+            p.grad = None
+        return out
 
     def check_input(self, x, name="x"):
         """x: (N, D) binary, any real or integer dtype -> the parameters' dtype."""
@@ -187,10 +185,10 @@ class VaDE(Module):
         log_pi, diff, r = cache
         ds = softmax_backward(dgamma, gamma, axis=1)                         # (N, K)
         dz = -np.einsum("nk,nkl->nl", ds, r)                                 # ds_c/dz = -(z - mu_c)/var_c
-        self.mu_c.grad += np.einsum("nk,nkl->kl", ds, r)                     # ds_c/dmu_c = +(z - mu_c)/var_c
-        self.logvar_c.grad += -0.5 * np.einsum("nk,nkl->kl", ds, 1.0 - diff * r)   # ds_c/dlogvar_c
+        self.mu_c.add_grad(np.einsum("nk,nkl->kl", ds, r))                   # ds_c/dmu_c = +(z - mu_c)/var_c
+        self.logvar_c.add_grad(-0.5 * np.einsum("nk,nkl->kl", ds, 1.0 - diff * r))   # ds_c/dlogvar_c
         dlog_pi = ds.sum(axis=0)                                             # ds_c/dlog pi_c = 1
-        self.pi_logits.grad += log_softmax_backward(dlog_pi, log_pi)        # through log pi = log_softmax(a)
+        self.pi_logits.add_grad(log_softmax_backward(dlog_pi, log_pi))      # through log pi = log_softmax(a)
         # END SOLUTION
         return dz
 
@@ -248,14 +246,14 @@ class VaDE(Module):
         (c_enc, c_dec, eps, std, dlogits, gamma, log_gamma, c_gamma,
          dmu_q, dlv_q, dmu_c, dlv_c, kl_z) = cache
         log_pi = c_gamma[0]
-        self._zero_grad()
+        self.release_grads()                                                 # this call's grads: new arrays
         # the closed-form KLs, already weighted by gamma_c / N (kernels.gaussian_kl's weight)
         dmu = dmu_q.reshape(K, N, L).sum(axis=0)
         dlogvar = dlv_q.reshape(K, N, L).sum(axis=0)
-        self.mu_c.grad += dmu_c.reshape(K, N, L).sum(axis=1)
-        self.logvar_c.grad += dlv_c.reshape(K, N, L).sum(axis=1)
+        self.mu_c.add_grad(dmu_c.reshape(K, N, L).sum(axis=1))
+        self.logvar_c.add_grad(dlv_c.reshape(K, N, L).sum(axis=1))
         # -sum_c gamma_c log pi_c, directly on log pi: -gamma_c / N, then log-softmax backward
-        self.pi_logits.grad += log_softmax_backward(-gamma.sum(axis=0) / N, log_pi)
+        self.pi_logits.add_grad(log_softmax_backward(-gamma.sum(axis=0) / N, log_pi))
         # through the weights gamma: g_c = k_c + log gamma_c - log pi_c + 1, per example / N
         dgamma = (kl_z + log_gamma - log_pi[None, :] + 1.0) / N
         dz = self.gamma_backward(dgamma, gamma, c_gamma)
@@ -286,7 +284,7 @@ class VaDE(Module):
         loss = float(nll.mean())
         if not grad:
             return loss, None
-        self._zero_grad()
+        self.release_grads()                                                 # this call's grads: new arrays
         dmu = self.decoder.backward(dlogits, c_dec)
         self.encoder.backward(np.concatenate([dmu, np.zeros_like(logvar)], axis=1), c_enc,
                               need_dx=False)
