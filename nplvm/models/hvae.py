@@ -224,9 +224,8 @@ def _split(h, L):
 
 
 def _gauss_sample(mu, logvar, eps):
-    """z = mu + exp(logvar / 2) eps and sigma, the reparameterization."""
-    sigma = np.exp(0.5 * logvar)
-    return mu + sigma * eps, sigma
+    """z = mu + exp(logvar / 2) eps, the reparameterization."""
+    return mu + np.exp(0.5 * logvar) * eps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,7 +324,7 @@ class _Hierarchy:
         K = M // N
         tile = (lambda a: a) if K == 1 else (lambda a: np.broadcast_to(a, (K,) + a.shape).reshape(M, a.shape[1]))
         e = self._eps_layers(eps)
-        f = {"eps": e, "z": [None] * n_layers, "sigma": [None] * n_layers,
+        f = {"eps": e, "z": [None] * n_layers,
              "mu_q": [None] * n_layers, "logvar_q": [None] * n_layers,
              "mu_hat": [None] * n_layers, "logvar_hat": [None] * n_layers,
              "mu_p": [None] * n_layers, "logvar_p": [None] * n_layers, "w_hat": [None] * n_layers,
@@ -341,7 +340,7 @@ class _Hierarchy:
                     mu_hat, logvar_hat = tile(mu_hat), tile(logvar_hat)   # K samples of z_1 per x
                 # q(z_i | z_{i-1}) = N(mu^, sigma^2): sample now, the next layer reads z_i
                 f["mu_q"][i], f["logvar_q"][i] = mu_hat, logvar_hat
-                f["z"][i], f["sigma"][i] = _gauss_sample(mu_hat, logvar_hat, e[i])
+                f["z"][i] = _gauss_sample(mu_hat, logvar_hat, e[i])
                 h = f["z"][i]
             else:
                 h = d                                                # d_i feeds up[i+1]
@@ -350,7 +349,7 @@ class _Hierarchy:
         top = n_layers - 1
         if self.ladder:
             f["mu_q"][top], f["logvar_q"][top] = tile(f["mu_hat"][top]), tile(f["logvar_hat"][top])
-            f["z"][top], f["sigma"][top] = _gauss_sample(f["mu_q"][top], f["logvar_q"][top], e[top])
+            f["z"][top] = _gauss_sample(f["mu_q"][top], f["logvar_q"][top], e[top])
         for i in range(top - 1, -1, -1):
             out, f["c_down"][i] = self.down[i].forward(f["z"][i + 1], train)
             f["mu_p"][i], f["logvar_p"][i] = _split(out, Ls[i])      # p(z_i | z_{i+1})
@@ -358,7 +357,7 @@ class _Hierarchy:
                 mu_q, logvar_q, f["w_hat"][i] = precision_weighted_merge(
                     tile(f["mu_hat"][i]), tile(f["logvar_hat"][i]), f["mu_p"][i], f["logvar_p"][i])
                 f["mu_q"][i], f["logvar_q"][i] = mu_q, logvar_q
-                f["z"][i], f["sigma"][i] = _gauss_sample(mu_q, logvar_q, e[i])
+                f["z"][i] = _gauss_sample(mu_q, logvar_q, e[i])
         f["logits"], f["c_dec"] = self.dec.forward(f["z"][0], train)
         return f
 
@@ -525,7 +524,7 @@ class _Hierarchy:
         for i in range(len(self.latent) - 2, -1, -1):
             out, _ = self.down[i].forward(z, False)
             mu_p, logvar_p = _split(out, self.latent[i])
-            z, _ = _gauss_sample(mu_p, logvar_p, e[i])
+            z = _gauss_sample(mu_p, logvar_p, e[i])
         return kernels.reference.sigmoid(self.dec.forward(z, False)[0])
 
     def sample(self, n, rng, binary=False):
