@@ -544,16 +544,11 @@ def main(argv=None):
     if kind is not None:
         from .models import get_class
         try:
-            cls = get_class(kind)
+            get_class(kind)                       # an unknown kind: a usage error before parsing
         except KeyError as e:
             build_parser().error(str(e.args[0]))
         except ImportError as e:
             build_parser().error(f"model kind {kind!r} could not be imported: {e}")
-        if not _trainable(cls):
-            build_parser().error(
-                f"model kind {kind!r} is not trained by gradient steps: {_why_not_trainable(cls)}"
-                + ("; fit it in Python with its fit(X) method (EM), as lessons/01_factor_analysis.py "
-                   "does" if hasattr(cls, "fit") else ""))
     args = build_parser(kind).parse_args(argv)
     args.argv = argv
     from .checks import DataError, UsageError
@@ -582,15 +577,3 @@ def main(argv=None):
     return 0
 
 
-def _why_not_trainable(cls):
-    import inspect
-    no_default = [n for n, d in model_parameters(cls) if d is inspect.Parameter.empty]
-    if no_default:
-        return f"{cls.__name__}'s argument(s) {', '.join(no_default)} have no default to derive a flag from"
-    return f"{cls.__name__} has no loss(x, rng) and params"
-
-
-def _trainable(cls):
-    import inspect
-    return (callable(getattr(cls, "loss", None))
-            and all(d is not inspect.Parameter.empty for _, d in model_parameters(cls)))
