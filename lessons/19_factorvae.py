@@ -43,7 +43,8 @@ sys.path.insert(0, str(FILE.parent))
 import _common as C  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 
-from nplvm.disentanglement import estimate_tc, gaussian_tc, kim_mnih_metric, permute_dims  # noqa: E402
+from nplvm.disentanglement import (disentanglement_scores, estimate_tc, gaussian_tc,  # noqa: E402
+                                    permute_dims)
 from nplvm.data.dsprites import FACTOR_NAMES, FACTOR_SIZES, DSprites  # noqa: E402
 from nplvm.gradcheck import check_model  # noqa: E402
 from nplvm.models.discriminator import logistic_regression  # noqa: E402
@@ -164,18 +165,10 @@ for name, m in models.items():
 scores = {}
 votes = C.quick_or(args, 30, 300)
 for name, m in models.items():
-    vae = getattr(m, "vae", m)
-    mu, logvar = vae.encode(x_test)
-    z_t = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(mu.dtype)
-    mu_c, logvar_c = vae.encode(x_train[:C.quick_or(args, 256, 10000)])
-    z_c = mu_c + np.exp(0.5 * logvar_c) * rng.standard_normal(mu_c.shape).astype(mu_c.dtype)
-    tc, tc_se = estimate_tc(z_c, z_t, rng, steps=C.quick_or(args, 100, 1500))
-    rec = float(np.mean(-np.sum(x_test * np.log(np.clip(vae.decode(z_t), 1e-7, 1))
-                                + (1 - x_test) * np.log(np.clip(1 - vae.decode(z_t), 1e-7, 1)), axis=1)))
-    metric, _ = kim_mnih_metric(lambda i: vae.encode(ds.images(i))[0], ds, rng, n_train=votes,
-                                n_test=votes, n_scale=C.quick_or(args, 512, 10000))
-    scores[name] = {"recon": rec, "tc": tc, "tc_se": tc_se, "metric": metric,
-                    "metric_se": math.sqrt(max(metric * (1 - metric), 0.25 * 0.75) / votes)}
+    scores[name] = disentanglement_scores(m, ds, x_test, x_train[:C.quick_or(args, 256, 10000)], rng, votes,
+                                          n_scale=C.quick_or(args, 512, 10000),
+                                          tc_steps=C.quick_or(args, 100, 1500))
+    metric, rec, tc, tc_se = (scores[name][k] for k in ("metric", "recon", "tc", "tc_se"))
     print(f"{name:>24}: metric {metric:.3f}  reconstruction {rec:7.2f} nats  TC {tc:.2f} +- {tc_se:.2f}")
 results["scores"] = scores
 

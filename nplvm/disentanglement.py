@@ -132,3 +132,32 @@ def estimate_tc(z_train, z_test, rng, hidden=(128, 128), steps=1500, batch=256, 
         opt.step(d.params, grads)
     t = d.log_ratio(np.asarray(z_test, np.float32)).astype(np.float64)
     return float(t.mean()), float(t.std(ddof=1) / np.sqrt(len(t)))
+
+
+def disentanglement_scores(model, ds, x_test, x_codes, rng, votes=400, n_scale=10000, tc_steps=1500):
+    """What the benchmark and lesson 19 report for a trained VAE or FactorVAE on dSprites ``ds``.
+
+    x_test: held-out images (reconstruction, KL, the codes TC is scored on); x_codes: images whose
+    codes train the fresh TC discriminator (``estimate_tc``).  Returns a dict: "metric" (Kim &
+    Mnih, ``votes`` training and held-out votes) and "metric_se" (binomial, at least the SE at
+    accuracy 1/4, so a metric of 0 or 1 on few votes is not taken as exact), "recon" = mean
+    -log p(x|z) and "kl" = mean KL(q(z|x) || N(0, I)) in nats per image (one z ~ q(z|x)), "nelbo",
+    "tc" and "tc_se", "active_dims", "votes" (the vote table).
+    """
+    import kernels
+    vae = getattr(model, "vae", model)                           # a FactorVAE scores its VAE
+    g = make_rng(rng)
+    x = vae.check_input(x_test)
+    mu, logvar = vae.encode(x)
+    z = mu + np.exp(0.5 * logvar) * g.standard_normal(mu.shape, dtype=mu.dtype)
+    rec, _ = kernels.bernoulli_nll(x, vae.decode_logits(z))      # -log p(x|z) per image
+    kl, _, _ = kernels.gaussian_kl_std(mu, logvar)
+    mu_c, logvar_c = vae.encode(x_codes)
+    z_c = mu_c + np.exp(0.5 * logvar_c) * g.standard_normal(mu_c.shape, dtype=mu_c.dtype)
+    tc, tc_se = estimate_tc(z_c, z, g, steps=tc_steps)
+    metric, info = kim_mnih_metric(lambda i: vae.encode(ds.images(i))[0], ds, g, n_train=votes,
+                                   n_test=votes, n_scale=n_scale)
+    return {"metric": metric, "metric_se": float(np.sqrt(max(metric * (1 - metric), 0.25 * 0.75) / votes)),
+            "recon": float(rec.mean()), "kl": float(kl.mean()), "nelbo": float((rec + kl).mean()),
+            "tc": tc, "tc_se": tc_se, "active_dims": int(info["active"].sum()),
+            "votes": info["votes"].tolist()}

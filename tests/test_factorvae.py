@@ -1,6 +1,7 @@
 """FactorVAE: whole-model gradients (float64, every parameter), the discriminator's gradients as
 its own player, gamma = 0 is the VAE, the TC term, alternating training through
 nplvm.train.fit, and the density-ratio estimate of the TC against its Gaussian closed form."""
+import json
 import math
 
 import numpy as np
@@ -119,3 +120,13 @@ def test_density_ratio_estimate_of_the_tc_matches_the_gaussian_closed_form():
     assert exact == pytest.approx(-0.5 * math.log(np.linalg.det(R)))
     assert abs(t.mean() - exact) < 4 * se, (t.mean(), exact, se)
     assert se < 0.05 * exact                                   # the check is sharp enough to mean something
+
+
+def test_benchmark_quick_mode_writes_every_model(tmp_path):
+    from nplvm.bench.factorvae import main
+    rows = main(["--quick", "--models", "vae,factor10", "--out", str(tmp_path)])
+    assert [r["model"] for r in rows] == ["vae", "factor10"]
+    saved = json.loads((tmp_path / "results.json").read_text())["rows"]
+    for r in saved:
+        assert 0.0 <= r["metric"] <= 1.0 and r["metric_se"] > 0 and np.isfinite(r["tc"])
+        assert r["recon"] > 0 and r["kl"] >= 0 and np.sum(r["votes"]) == 20
