@@ -161,15 +161,17 @@ for name, m in models.items():
     print(f"{name}: {epochs} epochs on {n_train:,} images in {time.perf_counter() - t0:.0f} s, "
           f"last train loss {hist[-1]['train_loss']:.2f}")
 
-# %% 6. Scores: reconstruction, TC of the codes, Kim & Mnih's metric; traversals ------------
+# %% 6. Scores: reconstruction, TC of the codes, Kim & Mnih's metric, MIG; traversals -------
 scores = {}
 votes = C.quick_or(args, 30, 300)
 for name, m in models.items():
     scores[name] = disentanglement_scores(m, ds, x_test, x_train[:C.quick_or(args, 256, 10000)], rng, votes,
                                           n_scale=C.quick_or(args, 512, 10000),
-                                          tc_steps=C.quick_or(args, 100, 1500))
-    metric, rec, tc, tc_se = (scores[name][k] for k in ("metric", "recon", "tc", "tc_se"))
-    print(f"{name:>24}: metric {metric:.3f}  reconstruction {rec:7.2f} nats  TC {tc:.2f} +- {tc_se:.2f}")
+                                          tc_steps=C.quick_or(args, 100, 1500),
+                                          n_mig=C.quick_or(args, 1000, 10000))
+    metric, mig, rec, tc, tc_se = (scores[name][k] for k in ("metric", "mig", "recon", "tc", "tc_se"))
+    print(f"{name:>24}: metric {metric:.3f}  MIG {mig:.3f}  reconstruction {rec:7.2f} nats  "
+          f"TC {tc:.2f} +- {tc_se:.2f}")
 results["scores"] = scores
 
 fv, v1 = scores["FactorVAE (gamma = 35)"], scores["VAE (beta = 1)"]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from nplvm.checks import DataError
-from nplvm.disentanglement import gaussian_tc, kim_mnih_metric, permute_dims
+from nplvm.disentanglement import (discrete_mutual_info, discretize, gaussian_tc, kim_mnih_metric, mig,
+                                   permute_dims)
 from nplvm.data.dsprites import FACTOR_SIZES, HALF_WIDTH, MARGIN, DSprites, render
 
 DS = DSprites()
@@ -106,6 +107,45 @@ def test_kim_mnih_metric_is_one_for_the_factors_and_lower_for_a_rotation():
     padded = lambda i: np.concatenate([oracle(i), np.zeros((len(i), 1))], axis=1)
     acc_p, info_p = kim_mnih_metric(padded, DS, 0, n_train=100, n_test=100)
     assert acc_p == 1.0 and not info_p["active"][-1] and info_p["votes"][-1].sum() == 0
+
+
+def test_discrete_mutual_info_against_the_entropies():
+    g = np.random.default_rng(5)
+    a = g.integers(0, 4, size=3000)
+    b = (a + (g.random(3000) < 0.3) * g.integers(0, 3, size=3000)) % 5      # b depends on a
+    H = lambda *cols: -sum(p * math.log(p) for p in
+                           np.unique(np.stack(cols, 1), axis=0, return_counts=True)[1] / 3000)
+    assert discrete_mutual_info(a, b) == pytest.approx(H(a) + H(b) - H(a, b), rel=1e-12)
+    assert discrete_mutual_info(a, a) == pytest.approx(H(a), rel=1e-12)
+    assert discrete_mutual_info(a, np.zeros_like(a)) == 0.0
+    with pytest.raises(DataError, match="integer arrays"):
+        discrete_mutual_info(a.astype(float), b)
+
+
+def test_discretize_puts_equal_width_bins_over_each_column():
+    z = np.array([[0.0, -1.0], [0.24, 5.0], [0.26, 2.0], [1.0, 1.0]])
+    assert discretize(z, 4).tolist() == [[0, 0], [0, 3], [1, 2], [3, 1]]   # edges -1, .5, 2, 3.5, 5
+    with pytest.raises(DataError, match="n_bins >= 2"):
+        discretize(z, 1)
+
+
+def test_mig_is_one_for_the_factors_and_near_zero_when_a_factor_is_split_or_missing():
+    idx = DS.sample_index(8000, 0)
+    cls = DS.factor_classes(idx)
+    coarse = cls[:, :3]                                          # shape, scale, orientation // 2: <= 20 values
+    coarse[:, 2] //= 2
+    noise = np.random.default_rng(1).standard_normal((8000, 2))
+    score, info = mig(np.concatenate([coarse + 0.0, noise], axis=1), coarse)
+    assert score > 0.99 and info["best_dim"].tolist() == [0, 1, 2]
+    assert np.allclose(info["mi"][:3, :3].diagonal(), info["entropy"])   # a bin per value: I = H
+    # the factor 'shape' split over two equal copies: no gap for it, the other two still 1
+    split, info2 = mig(np.concatenate([coarse + 0.0, coarse[:, :1] + 0.0, noise], axis=1), coarse)
+    assert info2["gap"][0] == pytest.approx(0.0, abs=1e-12) and info2["gap"][1:].min() > 0.99
+    # codes that know nothing: the plug-in bias only
+    none, _ = mig(noise, coarse)
+    assert none < 0.01
+    with pytest.raises(DataError, match="integer factor classes"):
+        mig(noise, coarse[:10])
 
 
 def test_load_dsprites_splits_without_overlap_and_seeded():

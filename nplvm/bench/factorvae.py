@@ -8,6 +8,8 @@ same way:
   over the dimension of least normalised variance, ``--votes`` training and held-out votes of 64
   images);
 * reconstruction error: -log p(x|z) in nats per image, one z ~ q(z|x), on held-out images;
+* the mutual information gap, MIG (``nplvm.disentanglement.mig``: the means of q(z|x) on 10,000
+  random grid images, 20 bins per dimension);
 * the total correlation of the codes, TC(z) = KL(q(z) || prod_j q(z_j)), by a fresh discriminator
   trained after the fact on each model's codes (``estimate_tc``; the same procedure for every
   model, so the numbers compare; the FactorVAE's own discriminator is not used for it);
@@ -108,18 +110,20 @@ def main(argv=None):
                  "train_loss": [h["train_loss"] for h in hist],
                  "disc_loss": [h.get("disc_loss") for h in hist], **score(model, ds, x_test, x_codes, seed, a.votes)}
             rows.append(r)
-            print(f"{name:>9} seed {seed}: metric {r['metric']:.3f} +- {r['metric_se']:.3f}  "
+            print(f"{name:>9} seed {seed}: metric {r['metric']:.3f} +- {r['metric_se']:.3f}  MIG {r['mig']:.3f}  "
                   f"recon {r['recon']:7.2f}  KL {r['kl']:5.2f}  TC {r['tc']:5.2f} +- {r['tc_se']:.2f}  "
                   f"active {r['active_dims']:2d}  ({train_s:.0f} s training)", flush=True)
             (out / "results.json").write_text(json.dumps({"args": vars(a), "anchor": ANCHOR, "rows": rows}, indent=1))
 
     print(f"\nKim & Mnih metric (anchor: FactorVAE ~{ANCHOR['factorvae']}, beta-VAE ~{ANCHOR['beta-vae']}; "
           f"their conv nets, 3e5 steps), means over seeds {seeds}:")
-    print(f"{'model':>9} {'metric':>7} {'recon':>8} {'KL':>6} {'TC':>6}")
+    print(f"{'model':>9} {'metric':>7} {'sd':>6} {'MIG':>6} {'recon':>8} {'KL':>6} {'TC':>6}")
     for name in a.models.split(","):
         rs = [r for r in rows if r["model"] == name]
         mean = lambda k: float(np.mean([r[k] for r in rs]))
-        print(f"{name:>9} {mean('metric'):7.3f} {mean('recon'):8.2f} {mean('kl'):6.2f} {mean('tc'):6.2f}")
+        sd = float(np.std([r["metric"] for r in rs], ddof=1)) if len(rs) > 1 else float("nan")
+        print(f"{name:>9} {mean('metric'):7.3f} {sd:6.3f} {mean('mig'):6.3f} {mean('recon'):8.2f} "
+              f"{mean('kl'):6.2f} {mean('tc'):6.2f}")
     print(f"wrote {out / 'results.json'}")
     return rows
 
