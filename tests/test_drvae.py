@@ -152,3 +152,15 @@ def test_log_normalizer_calls_pool_their_samples():
     W[0, 0] = 1.0                                              # new psi: the pool starts afresh
     fresh, _ = m.estimate_log_normalizer(20000, rng=3)
     assert fresh == pytest.approx(m.last_batch_log_z, abs=1e-12) and abs(fresh - (0.2 + 0.5)) < 0.05
+
+
+def test_warmup_ramps_the_prior_term():
+    m, x = small(warmup=2), binary()
+    assert m.kl_weight == 1.0 and m.config["warmup"] == 2
+    m.set_epoch(1)                                                 # weight 1/2: the loss of beta = 1/2
+    assert m.loss(x, 5, grad=False)[0] == small(beta=0.5).loss(x, 5, grad=False)[0]
+    for p in m.discriminator.params.values():
+        p += np.random.default_rng(1).normal(0, 0.5, p.shape)
+    assert_model_grads(m, x, tol=TOL, eps=1e-5, seed=16, max_entries_per_param=None)
+    with pytest.raises(ValueError, match="warmup"):
+        small(warmup=-2)

@@ -158,3 +158,33 @@ def test_optimal_prior_benchmark_quick(tmp_path, capsys):
     assert "log_Z_T" in res["results"][2] and "gain_over_vae" in res["results"][1]
     assert json.loads(out.read_text())["results"][0]["model"] == "vae"
     assert "anchor" in capsys.readouterr().out
+
+
+def test_warmup_ramps_the_kl_weight_and_fit_applies_it():
+    m, x = small(warmup=4), binary()
+    assert m.kl_weight == 1.0 and m.config["warmup"] == 4          # a new or rebuilt model: the ELBO
+    ramp = []
+    for e in (0, 2, 4, 9):
+        m.set_epoch(e)
+        ramp.append(m.kl_weight)
+    assert ramp == [0.0, 0.5, 1.0, 1.0]
+    m.set_epoch(1)                                                 # weight 1/4: the loss of beta = 1/4
+    assert m.loss(x, 5, grad=False)[0] == small(beta=0.25).loss(x, 5, grad=False)[0]
+    assert_model_grads(m, x, tol=TOL, eps=1e-5, seed=15, max_entries_per_param=None)
+    from nplvm.train import fit
+    fit(m, Adam(1e-3), binary(20), None, epochs=2, batch_size=10, seed=0, progress=False, log=None)
+    assert m.kl_weight == 0.25                                     # fit called set_epoch(1) last
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="warmup"):
+            small(warmup=bad)
+
+
+def test_cli_trains_with_a_warmup_flag(tmp_path):
+    import subprocess
+    import sys
+    run = lambda *a: subprocess.run([sys.executable, "-m", "nplvm", *a], capture_output=True, text=True)
+    assert "--warmup" in run("train", "vampprior", "--help").stdout
+    r = run("train", "vampprior", "--quick", "--epochs", "2", "--hidden", "16", "--latent", "2", "--n-pseudo", "3",
+            "--warmup", "2", "--out", str(tmp_path / "r"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["warmup"] == 2

@@ -53,7 +53,7 @@ discriminator parameters (it is recomputed, with N(0, I) alone, when they change
 Public API
 ----------
 DRVAE(x_dim=784, hidden=(300, 300), latent=40, activation="tanh", disc_hidden=(256, 256),
-      disc_lr=5e-4, beta=1.0, dtype, seed)                                   kind "drvae"
+      disc_lr=5e-4, beta=1.0, warmup=0, dtype, seed)                         kind "drvae"
     .params (encoder, decoder); .discriminator (a Discriminator with its own params)
     .loss(x, rng, grad=True) -> (loss, grads);  .discriminator_samples(x, rng) -> (z_q, z_p)
     .log_prior(z) -> log N(z) + T(z) - log Z_T;  .log_weights(x, K, rng) -> (K, N)
@@ -74,7 +74,7 @@ from ..checks import check_array
 from ..distributions import logsumexp, reparameterize_backward
 from . import register
 from .discriminator import Discriminator
-from .vae import VAE, _log_prior_minus_log_q, parse_hidden
+from .vae import VAE, KLWarmup, _log_prior_minus_log_q, parse_hidden
 from .vampprior import log_mixture
 
 __all__ = ["DRVAE"]
@@ -83,18 +83,20 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 @register("drvae")
-class DRVAE(VAE):
+class DRVAE(KLWarmup, VAE):
     """A VAE trained on the optimal-prior ELBO (OP) with a discriminator T_psi; see the module docstring.
 
     x_dim, hidden, latent, activation, dtype, seed: as for the VAE; disc_hidden: hidden widths of
     the discriminator T_psi(z); disc_lr: its learning rate (the model's optimiser class); beta:
-    weight of the prior term KL - E T (1: (OP); below 1 during a KL warm-up).
+    weight of the prior term KL - E T (1: (OP)); warmup: epochs of a linear warm-up of that weight,
+    beta * min(1, epoch / warmup) (``KLWarmup``; 0: none; from the CLI, ``--warmup``).
     """
 
     kind = "drvae"
 
     def __init__(self, x_dim=784, hidden=(300, 300), latent=40, activation="tanh", disc_hidden=(256, 256),
-                 disc_lr=5e-4, beta=1.0, dtype="float32", seed=0):
+                 disc_lr=5e-4, beta=1.0, warmup=0, dtype="float32", seed=0):
+        self.warmup = self.check_warmup(warmup)
         super().__init__(x_dim, hidden, latent, activation, k=1, kl="analytic", beta=beta, dtype=dtype, seed=seed)
         try:
             disc_hidden = parse_hidden(disc_hidden)
@@ -104,7 +106,7 @@ class DRVAE(VAE):
             raise ValueError(f"expected a positive finite disc_lr, got {disc_lr!r}")
         self.config = {"x_dim": self.x_dim, "hidden": list(self.hidden), "latent": self.latent,
                        "activation": activation, "disc_hidden": list(disc_hidden), "disc_lr": float(disc_lr),
-                       "beta": self.beta, "dtype": self.dtype.name, "seed": int(seed)}
+                       "beta": self.beta, "warmup": self.warmup, "dtype": self.dtype.name, "seed": int(seed)}
         self.discriminator = Discriminator(self.discriminator_samples, self.latent, disc_hidden,
                                            activation="softplus", lr=float(disc_lr), dtype=self.dtype,
                                            seed=int(seed) + 1)
@@ -137,11 +139,12 @@ class DRVAE(VAE):
         z = mu + sigma * eps                                          # z = mu + sigma eps
         logits, dec_cache = self.decoder.forward(z)
         rec, dlogits = kernels.bernoulli_nll(x, logits, 1.0 / N)     # -log p(x|z)
-        w = self.beta / N                                             # beta = 1: (OP); < 1: warm-up
+        beta = self.kl_weight                                         # beta, ramped during a warm-up
+        w = beta / N                                                  # beta = 1: (OP); < 1: warm-up
         kl, dmu_kl, dlogvar_kl = kernels.gaussian_kl_std(mu, logvar, w)   # KL(q(z|x) || N(0, I))
         disc = self.discriminator
         t, t_cache = disc.forward(z)                                  # T_psi(z) ~ ln q(z)/p(z)
-        loss = float(np.mean(rec) + self.beta * (np.mean(kl) - np.mean(t)))   # -(OP)
+        loss = float(np.mean(rec) + beta * (np.mean(kl) - np.mean(t)))   # -(OP)
         if not grad:
             return loss, None
 

@@ -125,6 +125,34 @@ def _log_prior_minus_log_q(z, mu, logvar):
     return std_normal_log_prob(z) - gaussian_log_prob(z, mu, logvar)
 
 
+class KLWarmup:
+    """A linear KL warm-up for a model whose loss weights its KL term by ``self.kl_weight``.
+
+    warmup = W > 0 epochs: kl_weight = beta * min(1, e / W) in epoch e (0-based); ``nplvm.train.fit``
+    calls ``set_epoch(e)`` at the start of every epoch, so a resumed run gets the right weight.
+    W = 0: kl_weight = beta throughout.  A new or rebuilt model has the full weight beta, so a loaded
+    checkpoint's loss is the objective itself.  (The HVAE/LVAE keep their own schedule.)
+    """
+
+    warmup = 0
+    _ramp = 1.0
+
+    @staticmethod
+    def check_warmup(warmup):
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or int(warmup) != warmup or warmup < 0:
+            raise ValueError(f"expected warmup to be a number of epochs >= 0 (0: no warm-up), got {warmup!r}")
+        return int(warmup)
+
+    @property
+    def kl_weight(self):
+        """The KL term's weight now: beta times the warm-up ramp."""
+        return self.beta * self._ramp
+
+    def set_epoch(self, epoch):
+        """Epoch ``epoch`` (0-based) starts: the ramp is min(1, epoch / warmup), 1 without warm-up."""
+        self._ramp = 1.0 if self.warmup == 0 else min(1.0, int(epoch) / self.warmup)
+
+
 @register("vae")
 class VAE:
     """A VAE with MLP encoder and decoder, Bernoulli likelihood, N(0, I) prior; see the module docstring.

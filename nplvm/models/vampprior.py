@@ -47,7 +47,8 @@ KL warm-up.  The prior is made of the encoder's own outputs, so the KL term alon
 encoder that ignores x (q(z|x) = q(z|u_k) for every x: KL = 0): measured here, with beta = 1 from
 the first step the model stalls at that collapse (~206.5 nats on MNIST) while the N(0, I) VAE does
 not.  Tomczak & Welling train every model with a warm-up, the KL weighted by beta rising from 0 to 1;
-``beta`` is that weight (``nplvm.bench.optimal_prior`` ramps it over the first epochs).
+``beta`` is that weight (``nplvm.bench.optimal_prior`` ramps it over the first epochs), and
+``warmup`` = W ramps it for ``nplvm.train.fit`` (and so the CLI): beta * min(1, epoch / W).
 
 The encoder runs twice per step, on x and on u; each call keeps its own cache and the two
 backwards add their parameter gradients (nn's convention), as the chain rule asks.
@@ -56,7 +57,8 @@ Importance sampling: log w = log p(x|z) + log p_lambda(z) - log q(z|x) (``log_we
 
 Public API
 ----------
-VampPrior(x_dim=784, hidden=(300, 300), latent=40, activation="tanh", n_pseudo=500, beta=1.0, dtype, seed)
+VampPrior(x_dim=784, hidden=(300, 300), latent=40, activation="tanh", n_pseudo=500, beta=1.0, warmup=0,
+          dtype, seed)
     .params: "enc.*", "dec.*", "pseudo" (K, D) (logits of the pseudo-inputs)
     .loss(x, rng, grad=True) -> (loss, grads);  .log_weights(x, K, rng) -> (K, N)
     .pseudo_inputs() -> u (K, D);  .prior_components() -> (m, s) (K, L) each
@@ -80,7 +82,7 @@ from ..checks import check_array
 from ..distributions import logsumexp, reparameterize_backward, softmax
 from ..nn import sigmoid_forward
 from . import register
-from .vae import VAE
+from .vae import VAE, KLWarmup
 
 __all__ = ["VampPrior", "log_mixture", "log_mixture_backward", "kl_decomposition", "active_units"]
 
@@ -164,26 +166,28 @@ def active_units(mu, threshold=0.01):
 
 
 @register("vampprior")
-class VampPrior(VAE):
+class VampPrior(KLWarmup, VAE):
     """A VAE whose prior is the VampPrior (1/K) sum_k q(z|u_k); see the module docstring.
 
     x_dim, hidden, latent, activation, dtype, seed: as for the VAE (the same encoder and decoder);
     n_pseudo: K, the number of pseudo-inputs (Tomczak & Welling use 500 on MNIST); beta: weight of
     the KL term (1: the ELBO; below 1 during a KL warm-up, which the VampPrior needs: see the
-    module docstring).
+    module docstring); warmup: epochs of a linear KL warm-up, the KL weighted by
+    beta * min(1, epoch / warmup) (``KLWarmup``; 0: none; from the CLI, ``--warmup``).
     """
 
     kind = "vampprior"
 
     def __init__(self, x_dim=784, hidden=(300, 300), latent=40, activation="tanh", n_pseudo=500,
-                 beta=1.0, dtype="float32", seed=0):
+                 beta=1.0, warmup=0, dtype="float32", seed=0):
+        self.warmup = self.check_warmup(warmup)
         if int(n_pseudo) != n_pseudo or n_pseudo < 1:
             raise ValueError(f"expected a positive integer n_pseudo (the number of pseudo-inputs K), got {n_pseudo!r}")
         super().__init__(x_dim, hidden, latent, activation, k=1, kl="mc", beta=beta, dtype=dtype, seed=seed)
         self.n_pseudo = int(n_pseudo)
         self.config = {"x_dim": self.x_dim, "hidden": list(self.hidden), "latent": self.latent,
                        "activation": activation, "n_pseudo": self.n_pseudo, "beta": self.beta,
-                       "dtype": self.dtype.name, "seed": int(seed)}
+                       "warmup": self.warmup, "dtype": self.dtype.name, "seed": int(seed)}
         # u_k = sigmoid(a_k), a_k ~ N(-2, 0.5^2): grey images of mean intensity ~0.13, MNIST's mean.
         g = make_rng([int(seed), 18])
         self.pseudo = (g.standard_normal((self.n_pseudo, self.x_dim)) * 0.5 - 2.0).astype(self.dtype)
@@ -241,17 +245,18 @@ class VampPrior(VAE):
         m, s = hu[:, :L], hu[:, L:]
         log_pz, r = log_mixture(z, m, s)                              # log p_lambda(z), responsibilities
         log_qz = -0.5 * np.sum(LOG_2PI + logvar + eps * eps, axis=1)  # log q(z|x)
-        loss = float(np.mean(rec) + self.beta * np.mean(log_qz - log_pz))      # rec + beta KL
+        beta = self.kl_weight                                         # beta, ramped during a warm-up
+        loss = float(np.mean(rec) + beta * np.mean(log_qz - log_pz))  # rec + beta KL
         if not grad:
             return loss, None
 
         self._release_grads()                                         # this call's grads: new arrays
         dz = self.decoder.backward(dlogits, dec_cache)                # through log p(x|z)
-        g = np.full(N, -self.beta / N, dtype=self.dtype)              # dloss / dlog p(z_n)
+        g = np.full(N, -beta / N, dtype=self.dtype)              # dloss / dlog p(z_n)
         dz_p, dm, ds = log_mixture_backward(g, z, m, s, r)
         dz += dz_p                                                    # -log p_lambda(z)'s path
         dmu, dlogvar = reparameterize_backward(dz, eps, logvar)       # through z = mu + sigma eps
-        dlogvar -= 0.5 * self.beta / N                                # + log q's -1/2 logvar, eps fixed
+        dlogvar -= 0.5 * beta / N                                # + log q's -1/2 logvar, eps fixed
         self.encoder.backward(np.concatenate([dmu, dlogvar], axis=1), enc_cache, need_dx=False)
         du = self.encoder.backward(np.concatenate([dm, ds], axis=1), u_cache, need_dx=True)
         grads = self._take_grads()                                    # the encoder's grads hold both paths
