@@ -144,7 +144,7 @@ def snapshot(m, epoch):
     mu, _ = m.encode(xt)
     snaps[epoch] = {"z": mu, "assign": m.predict(xt), "mu_c": m.mu_c.value.copy()}
 
-def on_init(m):
+def on_init(m, gmm):
     r = CL.clustering_report(m, xt, yt)
     init_report.update(r)
     init_params.update({k: v.copy() for k, v in m.params.items()})     # for the remedy, part 5

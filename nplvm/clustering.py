@@ -230,7 +230,8 @@ def vade_recipe(model, x_train, seed=0, on_epoch=None, on_init=None, budget_s=No
     """The whole VaDE recipe on x_train (no labels): pretrain, GMM init, ELBO training.
 
     settings override ``VADE_DEFAULTS``.  on_epoch(epoch, record) is called after every ELBO
-    epoch (epoch 0: right after the GMM initialisation, through ``on_init(model)``).
+    epoch (epoch 0: right after the GMM initialisation, through ``on_init(model, gmm)``, gmm the
+    fitted GaussianMixture, full covariances included).
     budget_s: seconds for the whole recipe; the ELBO phase starts no epoch after it.
     Returns {"settings", "pretrain", "gmm_loglik", "history", "seconds"}.
     """
@@ -251,7 +252,7 @@ def vade_recipe(model, x_train, seed=0, on_epoch=None, on_init=None, budget_s=No
         log(f"  GMM on the codes: log-likelihood {gmm.loglik_[-1]:.3f} per code, "
             f"weights {np.round(gmm.weights_, 3).tolist()}")
     if on_init is not None:
-        on_init(model)
+        on_init(model, gmm)
     hist = train_vade(model, x_train, s["epochs"], s["lr"], s["lr_mixture"], s["decay"],
                       s["decay_every"], s["var_floor"], s["batch_size"], seed, on_epoch, deadline,
                       log=log)

@@ -11,16 +11,34 @@ from nplvm.models.vade import VaDE
 
 def test_bench_quick_writes_table(tmp_path):
     out = tmp_path / "r.json"
-    res = bench.main(["--quick", "--model", "vade-held,gmvae-remedy", "--seeds", "2", "--out", str(out)])
+    res = bench.main(["--quick", "--model", "vade-held,gmvae-remedy", "--seeds", "2", "--restarts", "2",
+                      "--out", str(out)])
     saved = json.loads(out.read_text())
     assert len(saved["runs"]) == 4 and {r["model"] for r in saved["runs"]} == {"vade-held", "gmvae-remedy"}
     rows = {(r["model"], r["stage"]): r for r in res["table"]}
-    assert set(rows) == {("vade-held", "init"), ("vade-held", "final"), ("gmvae-remedy", "init"), ("gmvae-remedy", "final")}
+    assert set(rows) == {("vade-held", "init_full_gmm"), ("vade-held", "init"), ("vade-held", "final"),
+                         ("gmvae-remedy", "init"), ("gmvae-remedy", "final")}
+    for r in saved["runs"]:
+        if r["model"] == "vade-held":                         # the diagnostic: single-start GMMs, scored two ways
+            assert len(r["restarts"]) == 2 and all(0 < q["accuracy_full"] <= 1 and 0 < q["accuracy_diag"] <= 1
+                                                   and np.isfinite(q["loglik"]) for q in r["restarts"])
     for r in rows.values():
         assert 0 < r["accuracy"]["mean"] <= r["accuracy"]["best"] <= 1 and r["accuracy"]["n"] == 2
         assert r["selected_by_elbo"]["seed"] in (0, 1)
     merged = bench.main(["--merge", str(out), "--out", str(tmp_path / "m.json")])
     assert merged["table"] == res["table"]
+
+
+def test_diagonal_predict_is_the_gaussian_argmax_with_the_diagonals():
+    from nplvm.models.gmm import GaussianMixture
+    from scipy.stats import multivariate_normal
+    g = np.random.default_rng(2)
+    z = np.concatenate([g.normal(0, 1, (40, 3)), g.normal(3, 0.5, (40, 3))])
+    gmm = GaussianMixture(2, "full", seed=0).fit(z)
+    var = C.diagonal_variances(gmm)
+    want = np.argmax([[gmm.weights_[k] * multivariate_normal(gmm.means_[k], np.diag(var[k])).pdf(q)
+                       for k in range(2)] for q in z], axis=1)
+    np.testing.assert_array_equal(bench.diagonal_predict(gmm, z), want)
 
 
 def test_metrics_against_hand_counts():
