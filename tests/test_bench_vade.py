@@ -72,3 +72,11 @@ def test_recipe_is_seeded_and_floors_the_variances():
     assert C.cluster_metrics(labels, m1.predict(x))["accuracy"] == 1.0
     with pytest.raises(ValueError, match="unknown VaDE recipe settings"):
         C.vade_recipe(m1, x, log=None, epoch=3)
+
+
+def test_bad_model_name_is_a_clear_error_before_anything_is_written(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--quick", "--model", "vade,vaed", "--out", str(tmp_path / "new" / "r.json")])
+    assert e.value.code == 2
+    assert "error: expected --model from vade, vade-held, gmvae, gmvae-remedy, got vaed" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

@@ -9,7 +9,7 @@ without labels would pick, the one with the highest ELBO on the 10,000 validatio
 Anchors (the notes, seed 002, "VaDE Experimental Result"): VaDE 94.46%, AE+GMM 82.18%,
 VAE+GMM 72.94%, GMM 53.73%, DEC 84.30%.
 
-    # the whole table, seeds one after another (each seed ~8 min on one core with --budget 480):
+    # the whole table, seeds one after another (a VaDE seed ~5 min on one core, a GMVAE seed 4-9 min):
     python -m nplvm.bench.vade --data ../shared/data/binarized_mnist.npz --seeds 5 --out runs/vade/all.json
     # one seed per process (run them in parallel), then merge:
     python -m nplvm.bench.vade --model vade --seed 3 --out runs/vade/vade_3.json
@@ -54,6 +54,18 @@ def _subset(x, y, n, seed):
     return x[keep], (None if y is None else y[keep])
 
 
+DEFAULT_EPOCHS = {"vade": {"epochs": 15, "pretrain": 20}, "gmvae": {"epochs": 3, "pretrain": 10}}
+
+
+def _per_model(value, family, key):
+    """An epoch count from the command line, or the family's default (``DEFAULT_EPOCHS``) when None."""
+    return DEFAULT_EPOCHS[family][key] if value is None else value
+
+
+def _budget_text(args):
+    return "no time budget" if args.budget is None else f"budget {args.budget:.0f} s"
+
+
 def mean_elbo(model, x, seed, batch=1000):
     """Mean ELBO per image (one z draw each, seeded): the label-free model-selection score."""
     return float(np.mean(np.concatenate([model.elbo(x[i:i + batch], np.random.default_rng([seed, 7, i]))
@@ -87,7 +99,7 @@ def diagonal_predict(gmm, z):
 def run_vade(args, data, seed, log, held=False):
     x, xv, xt, yt = data
     model = VaDE(x_dim=x.shape[1], hidden=args.hidden, latent=args.latent, n_components=10, seed=seed)
-    log(f"[vade seed {seed}] {model.num_parameters()} parameters, budget {args.budget:.0f} s")
+    log(f"[vade seed {seed}] {model.num_parameters()} parameters, {_budget_text(args)}")
     rec = {"model": "vade-held" if held else "vade", "seed": seed, "config": model.config}
 
     def on_init(m, gmm):
@@ -105,7 +117,8 @@ def run_vade(args, data, seed, log, held=False):
         out = C.clustering_report(model, xt, yt)
         return {k: out[k] for k in ("accuracy", "nmi", "q_entropy", "usage")}
 
-    settings = {"pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
+    settings = {"pretrain_epochs": _per_model(args.pretrain_epochs, "vade", "pretrain"),
+                "epochs": _per_model(args.epochs, "vade", "epochs"),
                 "gmm_inits": args.gmm_inits, "pretrain_dropout": args.dropout,
                 "gmm_covariance": args.gmm_covariance, "lr": args.lr, "lr_mixture": args.lr_mixture}
     if held:
@@ -124,15 +137,16 @@ def run_gmvae(args, data, seed, log, fixed):
     t0 = time.perf_counter()
     name = "gmvae-remedy" if fixed else "gmvae"
     model = GMVAE(x_dim=x.shape[1], n_components=10, hidden=args.hidden[:2], seed=seed)
-    log(f"[{name} seed {seed}] {model.num_parameters()} parameters, budget {args.budget:.0f} s")
-    info = C.gmvae_vade_init(model, x, pretrain_epochs=args.pretrain_epochs, pretrain_beta=0.1,
+    log(f"[{name} seed {seed}] {model.num_parameters()} parameters, {_budget_text(args)}")
+    info = C.gmvae_vade_init(model, x, pretrain_epochs=_per_model(args.pretrain_epochs, "gmvae", "pretrain"),
+                             pretrain_beta=0.1,
                              yhead_epochs=args.yhead_epochs, gmm_inits=args.gmm_inits,
                              gmm_covariance="full", seed=seed, log=log)
     rec = {"model": name, "seed": seed, "config": model.config, "init": C.clustering_report(model, xt, yt)}
     log(f"  after the VaDE-style initialisation: accuracy {rec['init']['accuracy']:.4f}")
     kw = dict(lr=2e-4) if fixed else {}
-    hist = C.train_gmvae(model, x, xt, yt, args.epochs, seed=seed, log=log,
-                         deadline=t0 + args.budget, **kw)
+    hist = C.train_gmvae(model, x, xt, yt, _per_model(args.epochs, "gmvae", "epochs"), seed=seed, log=log,
+                         deadline=None if args.budget is None else t0 + args.budget, **kw)
     rec.update(history=hist, seconds=time.perf_counter() - t0, epochs_done=len(hist),
                pretrain=info["pretrain_nelbo"], final=C.clustering_report(model, xt, yt),
                valid_elbo=mean_elbo(model, xv, seed))
@@ -194,8 +208,10 @@ def _parser():
     p.add_argument("--model", default="vade,vade-held,gmvae,gmvae-remedy", help=f"comma-separated, from {MODELS}")
     p.add_argument("--seeds", type=int, default=5, help="run seeds 0 .. seeds-1 (one after another)")
     p.add_argument("--seed", type=int, default=None, help="run this one seed only")
-    p.add_argument("--epochs", type=int, default=100, help="most ELBO epochs (the budget may stop earlier)")
-    p.add_argument("--pretrain-epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="ELBO epochs (default: VaDE 15, GMVAE 3, as in the README's table; --budget may stop earlier)")
+    p.add_argument("--pretrain-epochs", type=int, default=None,
+                   help="autoencoder / VAE pretraining epochs (default: VaDE 20, GMVAE 10)")
     p.add_argument("--yhead-epochs", type=int, default=5, help="GMVAE: epochs fitting q(y|x) to the GMM")
     p.add_argument("--gmm-inits", type=int, default=5)
     p.add_argument("--restarts", type=int, default=0,
@@ -210,7 +226,9 @@ def _parser():
     p.add_argument("--hidden", default="500,500",
                    help="encoder widths (the paper: 500,500,2000, ~2.5x slower per epoch; GMVAE: the first two)")
     p.add_argument("--latent", type=int, default=10)
-    p.add_argument("--budget", type=float, default=480.0, help="seconds per (model, seed), all phases")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds per (model, seed), all phases; no epoch starts after it (default: none, so "
+                        "the result does not depend on the machine's speed)")
     p.add_argument("--max-train", type=int, default=None, help="a seeded subset of the training images")
     p.add_argument("--quick", action="store_true", help="tiny settings: seconds (the tests run this)")
     p.add_argument("--merge", nargs="+", default=None, help="JSON files of earlier runs: print their table")
@@ -219,10 +237,11 @@ def _parser():
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge:
+        out.parent.mkdir(parents=True, exist_ok=True)
         runs = [r for f in args.merge for r in json.loads(Path(f).read_text())["runs"]]
         result = {"runs": runs, "table": summarise(runs)}
         out.write_text(json.dumps(result, indent=1))
@@ -232,7 +251,8 @@ def main(argv=None):
     models = [m.strip() for m in args.model.split(",")]
     bad = [m for m in models if m not in MODELS]
     if bad:
-        raise SystemExit(f"unknown --model {bad}; expected some of {MODELS}")
+        parser.error(f"expected --model from {', '.join(MODELS)}, got {', '.join(bad)}")     # exit 2
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.data = "offline" if args.data == str(DEFAULT_DATA) else args.data
         args.max_train, args.epochs, args.pretrain_epochs = 600, 2, 2
@@ -240,7 +260,7 @@ def main(argv=None):
         args.seeds = min(args.seeds, 2)
     ds = load_dataset(args.data, seed=0)
     if ds.test_labels is None:
-        raise SystemExit(f"{args.data!r} has no test_labels: the clustering scores need them")
+        parser.error(f"expected data with test_labels (the clustering scores need them), got {args.data!r}")
     x, _ = _subset(ds.train, None, args.max_train, 0)
     xt, yt = _subset(ds.test, ds.test_labels, 300 if args.quick else None, 0)
     xv, _ = _subset(ds.valid, None, 300 if args.quick else None, 0)
