@@ -44,7 +44,6 @@ import _common as C  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 
 from nplvm import objectives, plots  # noqa: E402
-from nplvm.data import load_dataset  # noqa: E402
 from nplvm.gradcheck import numerical_grad, rel_error  # noqa: E402
 from nplvm.models.vae import VAE  # noqa: E402
 from nplvm.optim import Adam  # noqa: E402
@@ -104,7 +103,8 @@ rng = np.random.default_rng(args.seed)
 # ## 1. The gradient of the whole model, float64, fixed noise
 # %%
 small = VAE(x_dim=784, hidden=[6, 5], latent=2, activation="tanh", dtype="float64", seed=args.seed)
-xs = load_dataset(args.data).test[:4].astype(np.float64)
+ds = C.load_data(args)                                  # the data for this section and the next
+xs = ds.test[:4].astype(np.float64)
 worst = whole_model_grad_error(small, xs, args.seed, C.quick_or(args, 6, 40))
 table.add("VAE gradient vs finite differences (max rel. error)", worst, 0.0, GRAD_TOL, relation="<=",
           note="every parameter, a seeded subset of entries; float64, noise fixed by the seed")
@@ -112,7 +112,6 @@ table.add("VAE gradient vs finite differences (max rel. error)", worst, 0.0, GRA
 # %% [markdown]
 # ## 2. A 20-D VAE on the offline MNIST subset
 # %%
-ds = load_dataset(args.data)
 n_train = C.quick_or(args, 600, len(ds.train))
 x_train, x_valid = ds.train[:n_train], ds.valid[:C.quick_or(args, 200, len(ds.valid))]
 x_test, y_test = ds.test, ds.test_labels

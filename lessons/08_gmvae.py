@@ -42,7 +42,6 @@ from scipy.optimize import linear_sum_assignment  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
 from nplvm import clustering as CL  # noqa: E402
-from nplvm.data import load_dataset  # noqa: E402
 from nplvm.gradcheck import check_model  # noqa: E402
 from nplvm.models.gmvae import GMVAE  # noqa: E402
 
@@ -139,9 +138,7 @@ table.add(f"[1] gradient check: max rel. error over all {n_params} parameters", 
 # %% [markdown]
 # ## 2. Training without labels, after the VaDE-style initialisation
 # %%
-ds = load_dataset(args.data, seed=args.seed)
-if ds.test_labels is None:
-    raise SystemExit(f"{args.data!r} has no test labels: the lesson scores clustering on them")
+ds = C.load_data(args, labels=True, seed=args.seed)
 x_train = ds.train[:600] if q else ds.train
 x_eval, y_eval = (ds.test[:300], ds.test_labels[:300]) if q else (ds.test, ds.test_labels)
 y_eval = np.asarray(y_eval, dtype=np.int64)

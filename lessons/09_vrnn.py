@@ -42,7 +42,6 @@ sys.path.insert(0, str(FILE.parent))
 
 import _common as C  # noqa: E402  (puts the repository on sys.path, selects the Agg backend)
 
-from nplvm.data import load_dataset  # noqa: E402
 from nplvm.gradcheck import check_model  # noqa: E402
 from nplvm.models.vrnn import VRNN  # noqa: E402
 from nplvm.objectives import importance_sampled_log_px  # noqa: E402
@@ -237,7 +236,7 @@ check_gradients(table, args.seed)
 # %% [markdown]
 # ## 2. Training on the rows of binarized MNIST
 # %%
-ds = load_dataset(args.data, seed=args.seed)
+ds = C.load_data(args, seed=args.seed)
 model, history = train(args, ds)
 last = history[-1]
 first = history[0]

@@ -41,7 +41,6 @@ from scipy.optimize import linear_sum_assignment  # noqa: E402
 from scipy.stats import multivariate_normal  # noqa: E402
 
 from nplvm import clustering as CL  # noqa: E402
-from nplvm.data import load_dataset  # noqa: E402
 from nplvm.gradcheck import check_model  # noqa: E402
 from nplvm.models.gmm import GaussianMixture  # noqa: E402
 from nplvm.models.gmvae import GMVAE  # noqa: E402
@@ -127,9 +126,7 @@ table.add("sum_c gamma_c KL(q(z|x)||p(z|c)): closed form = Monte Carlo", float(t
 # Autoencoder pretraining, a GMM on the codes (pi, mu_c, sigma_c^2 from it), then the ELBO.
 # The labels only colour the figures and score the clusters.
 # %%
-ds = load_dataset(args.data, seed=args.seed)
-if ds.test_labels is None:
-    raise SystemExit(f"{args.data!r} has no test labels: the lesson scores clusters with them")
+ds = C.load_data(args, labels=True, seed=args.seed)
 x = ds.train[:600] if q else ds.train
 xt, yt = (ds.test[:300], ds.test_labels[:300]) if q else (ds.test, ds.test_labels)
 yt = np.asarray(yt, dtype=np.int64)

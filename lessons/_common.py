@@ -54,7 +54,7 @@ matplotlib.use("Agg")                            # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported for the lessons)
 
 __all__ = ["parse_args", "lesson_name", "in_notebook", "lesson_argv", "run_lesson", "save_figure", "CheckTable",
-           "finish", "richardson_grad", "quick_or", "plt", "REPO_ROOT"]
+           "finish", "richardson_grad", "quick_or", "load_data", "user_error", "plt", "REPO_ROOT"]
 
 _ARGV = None                                     # set by run_lesson for the lesson it runs
 
@@ -125,6 +125,27 @@ def parse_args(argv, description, file, extra=None):
     except OSError as e:
         parser.error(f"argument --out: cannot create {str(args.out)!r} ({e.strerror or e})")
     return args
+
+
+def user_error(message):
+    """A user's mistake found after parsing: ``error: <message>`` on stderr, exit status 2, no
+    traceback (what ``parse_args`` does for the common flags)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def load_data(args, labels=False, **kwargs):
+    """``nplvm.data.load_dataset(args.data, **kwargs)`` for a lesson's ``--data``.  A source that
+    cannot be read, or (labels=True) one without test labels, is the user's mistake (``user_error``)."""
+    from nplvm.data import DataError, load_dataset
+    try:
+        ds = load_dataset(args.data, **kwargs)
+    except DataError as e:
+        user_error(f"argument --data: {e}")
+    if labels and ds.test_labels is None:
+        user_error(f"argument --data: expected a dataset with test labels (this lesson scores clusters "
+                   f"with them), got {args.data!r}")
+    return ds
 
 
 def save_figure(fig, path, dpi=110):

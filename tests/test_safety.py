@@ -134,6 +134,15 @@ def test_homework_and_lessons_share_the_error_path(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert_user_error(proc, "--seed")
     assert not (tmp_path / "fig").exists()
+    # a lesson's --data that cannot be read, or that has no labels where the lesson needs them
+    np.savez(tmp_path / "unlabeled.npz", train=np.zeros((20, 784), np.uint8), valid=np.zeros((5, 784), np.uint8),
+             test=np.zeros((5, 784), np.uint8))
+    for data, words in ((tmp_path / "missing.npz", ("--data", "no dataset at")),
+                        (tmp_path / "unlabeled.npz", ("--data", "expected a dataset with test labels"))):
+        proc = subprocess.run([sys.executable, str(ROOT / "lessons" / "16_vade.py"), "--quick", "--data", str(data),
+                               "--out", str(tmp_path / "fig16")], cwd=tmp_path, env=_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert_user_error(proc, *words)
 
 
 # ---------------------------------------------------------------- runs are never lost
