@@ -104,7 +104,8 @@ def main(argv=None):
             model = build_model(name, hidden, a.latent, seed, a.disc_lr)
             t1 = time.perf_counter()
             hist = fit(model, Adam(a.lr), x_train, None, epochs=a.epochs, batch_size=a.batch_size,
-                       seed=seed, progress=sys.stderr.isatty(), log=None)
+                       seed=seed, progress=sys.stderr.isatty(),
+                       log=lambda line: print(f"{name:>9} seed {seed}: {line}", flush=True))
             train_s = time.perf_counter() - t1
             r = {"model": name, "seed": seed, "epochs": a.epochs, "train_seconds": train_s,
                  "train_loss": [h["train_loss"] for h in hist],
