@@ -52,6 +52,7 @@ import numpy as np
 
 from .models.gmm import GaussianMixture
 from .models.gmvae import cluster_accuracy
+from .models.vae import kl_warmup
 from .optim import Adam
 
 __all__ = ["cluster_metrics", "clustering_report", "run_epochs", "fit_gmm", "pretrain_autoencoder",
@@ -263,14 +264,6 @@ def vade_recipe(model, x_train, seed=0, on_epoch=None, on_init=None, budget_s=No
 # ----------------------------------------------------------------------------------------------
 # GMVAE (moved here from nplvm.bench.gmvae_cluster: lessons and benchmarks share it)
 # ----------------------------------------------------------------------------------------------
-
-def kl_warmup(epoch, warmup_epochs):
-    """The KL weight beta for a 1-based ``epoch``: min(1, epoch / W), W = ``warmup_epochs``
-    (W = 0: beta = 1 from the start)."""
-    if warmup_epochs < 0:
-        raise ValueError(f"expected warmup_epochs >= 0, got {warmup_epochs}")
-    return 1.0 if warmup_epochs == 0 else min(1.0, epoch / warmup_epochs)
-
 
 def gmvae_vade_init(model, x_train, pretrain_epochs=10, pretrain_beta=1.0, yhead_epochs=5,
                     gmm_inits=5, gmm_covariance="full", lr=1e-3, batch_size=100, seed=0, log=print):

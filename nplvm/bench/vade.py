@@ -39,7 +39,7 @@ import numpy as np
 from .. import clustering as C
 from ..data import load_dataset
 from ..models.gmvae import GMVAE
-from ..models.vade import VaDE
+from ..models.vade import VaDE, log_gaussian_components
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "binarized_mnist.npz"
@@ -90,10 +90,8 @@ def gmm_restarts(codes, codes_test, labels_test, n, seed, covariance="full"):
 
 def diagonal_predict(gmm, z):
     """argmax_c of pi_c N(z; mu_c, diag Sigma_c): the GMM as VaDE's diagonal prior sees it."""
-    var = C.diagonal_variances(gmm)
-    log_joint = np.log(gmm.weights_) - 0.5 * np.sum(np.log(2 * np.pi * var)[None]
-                                                    + (z[:, None, :] - gmm.means_[None]) ** 2 / var[None], axis=-1)
-    return log_joint.argmax(axis=1)
+    log_pz_c, _, _ = log_gaussian_components(z, gmm.means_, np.log(C.diagonal_variances(gmm)))
+    return (np.log(gmm.weights_) + log_pz_c).argmax(axis=1)
 
 
 def run_vade(args, data, seed, log, held=False):

@@ -74,7 +74,7 @@ from ..checks import check_array
 from ..distributions import logsumexp, reparameterize_backward
 from . import register
 from .discriminator import Discriminator
-from .vae import VAE, KLWarmup, _log_prior_minus_log_q, parse_hidden
+from .vae import VAE, KLWarmup, _log_prior_minus_log_q, check_warmup, parse_hidden
 from .vampprior import log_mixture
 
 __all__ = ["DRVAE"]
@@ -96,7 +96,7 @@ class DRVAE(KLWarmup, VAE):
 
     def __init__(self, x_dim=784, hidden=(300, 300), latent=40, activation="tanh", disc_hidden=(256, 256),
                  disc_lr=5e-4, beta=1.0, warmup=0, dtype="float32", seed=0):
-        self.warmup = self.check_warmup(warmup)
+        self.warmup = check_warmup(warmup)
         super().__init__(x_dim, hidden, latent, activation, k=1, kl="analytic", beta=beta, dtype=dtype, seed=seed)
         try:
             disc_hidden = parse_hidden(disc_hidden)

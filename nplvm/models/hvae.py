@@ -108,7 +108,7 @@ from ..checks import DataError, check_array
 from ..distributions import reparameterize_backward
 from ..nn import ACTIVATION_FUNCTIONS, BatchNorm, Linear, Module, sigmoid_forward
 from . import register
-from .vae import VAE, parse_hidden
+from .vae import VAE, check_warmup, kl_warmup, parse_hidden
 
 __all__ = ["HVAE", "LVAE", "precision_weighted_merge", "precision_weighted_merge_backward",
            "active_units", "kl_per_layer", "parse_latent"]
@@ -250,14 +250,13 @@ class _Hierarchy:
             raise ValueError(f"expected activation to be one of {tuple(ACTIVATION_FUNCTIONS)}, got {activation!r}")
         if not isinstance(batch_norm, (bool, np.bool_)):
             raise ValueError(f"expected batch_norm to be True or False, got {batch_norm!r}")
-        if isinstance(warmup, bool) or int(warmup) != warmup or warmup < 0:
-            raise ValueError(f"expected warmup to be a number of epochs >= 0 (0: no warm-up), got {warmup!r}")
+        warmup = check_warmup(warmup)
         try:
             self.dtype = check_dtype(dtype)
         except TypeError as e:
             raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}") from e
         self.x_dim, self.hidden, self.latent = int(x_dim), hidden, latent
-        self.activation, self.batch_norm, self.warmup = activation, bool(batch_norm), int(warmup)
+        self.activation, self.batch_norm, self.warmup = activation, bool(batch_norm), warmup
         self.config = {"x_dim": self.x_dim, "hidden": list(hidden), "latent": list(latent),
                        "activation": activation, "batch_norm": self.batch_norm, "warmup": self.warmup,
                        "dtype": self.dtype.name, "seed": int(seed)}
@@ -288,7 +287,7 @@ class _Hierarchy:
     def set_epoch(self, epoch):
         """KL warm-up: the KL weight of epoch ``epoch`` (0-based) is min(1, epoch / warmup), 1 without
         warm-up.  ``nplvm.train.fit`` calls this at the start of every epoch.  Returns the weight."""
-        self.kl_weight = 1.0 if self.warmup == 0 else min(1.0, int(epoch) / self.warmup)
+        self.kl_weight = kl_warmup(int(epoch), self.warmup)
         return self.kl_weight
 
     def __repr__(self):

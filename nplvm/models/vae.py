@@ -125,6 +125,21 @@ def _log_prior_minus_log_q(z, mu, logvar):
     return std_normal_log_prob(z) - gaussian_log_prob(z, mu, logvar)
 
 
+def check_warmup(warmup):
+    """A warm-up length in epochs: an integer >= 0 (0: no warm-up); ValueError otherwise."""
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or int(warmup) != warmup or warmup < 0:
+        raise ValueError(f"expected warmup to be a number of epochs >= 0 (0: no warm-up), got {warmup!r}")
+    return int(warmup)
+
+
+def kl_warmup(epoch, warmup):
+    """The linear KL warm-up: the KL weight min(1, epoch / warmup) of epoch ``epoch``, 1 when
+    warmup = 0.  (Which epoch counts as 0 is the caller's convention.)"""
+    if warmup < 0:
+        raise ValueError(f"expected warmup >= 0, got {warmup}")
+    return 1.0 if warmup == 0 else min(1.0, epoch / warmup)
+
+
 class KLWarmup:
     """A linear KL warm-up for a model whose loss weights its KL term by ``self.kl_weight``.
 
@@ -137,12 +152,6 @@ class KLWarmup:
     warmup = 0
     _ramp = 1.0
 
-    @staticmethod
-    def check_warmup(warmup):
-        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or int(warmup) != warmup or warmup < 0:
-            raise ValueError(f"expected warmup to be a number of epochs >= 0 (0: no warm-up), got {warmup!r}")
-        return int(warmup)
-
     @property
     def kl_weight(self):
         """The KL term's weight now: beta times the warm-up ramp."""
@@ -150,7 +159,7 @@ class KLWarmup:
 
     def set_epoch(self, epoch):
         """Epoch ``epoch`` (0-based) starts: the ramp is min(1, epoch / warmup), 1 without warm-up."""
-        self._ramp = 1.0 if self.warmup == 0 else min(1.0, int(epoch) / self.warmup)
+        self._ramp = kl_warmup(int(epoch), self.warmup)
 
 
 @register("vae")

@@ -82,7 +82,7 @@ from ..checks import check_array
 from ..distributions import logsumexp, reparameterize_backward, softmax
 from ..nn import sigmoid_forward
 from . import register
-from .vae import VAE, KLWarmup
+from .vae import VAE, KLWarmup, check_warmup
 
 __all__ = ["VampPrior", "log_mixture", "log_mixture_backward", "kl_decomposition", "active_units"]
 
@@ -180,7 +180,7 @@ class VampPrior(KLWarmup, VAE):
 
     def __init__(self, x_dim=784, hidden=(300, 300), latent=40, activation="tanh", n_pseudo=500,
                  beta=1.0, warmup=0, dtype="float32", seed=0):
-        self.warmup = self.check_warmup(warmup)
+        self.warmup = check_warmup(warmup)
         if int(n_pseudo) != n_pseudo or n_pseudo < 1:
             raise ValueError(f"expected a positive integer n_pseudo (the number of pseudo-inputs K), got {n_pseudo!r}")
         super().__init__(x_dim, hidden, latent, activation, k=1, kl="mc", beta=beta, dtype=dtype, seed=seed)
@@ -252,11 +252,11 @@ class VampPrior(KLWarmup, VAE):
 
         self._release_grads()                                         # this call's grads: new arrays
         dz = self.decoder.backward(dlogits, dec_cache)                # through log p(x|z)
-        g = np.full(N, -beta / N, dtype=self.dtype)              # dloss / dlog p(z_n)
+        g = np.full(N, -beta / N, dtype=self.dtype)                   # dloss / dlog p(z_n)
         dz_p, dm, ds = log_mixture_backward(g, z, m, s, r)
         dz += dz_p                                                    # -log p_lambda(z)'s path
         dmu, dlogvar = reparameterize_backward(dz, eps, logvar)       # through z = mu + sigma eps
-        dlogvar -= 0.5 * beta / N                                # + log q's -1/2 logvar, eps fixed
+        dlogvar -= 0.5 * beta / N                                     # + log q's -1/2 logvar, eps fixed
         self.encoder.backward(np.concatenate([dmu, dlogvar], axis=1), enc_cache, need_dx=False)
         du = self.encoder.backward(np.concatenate([dm, ds], axis=1), u_cache, need_dx=True)
         grads = self._take_grads()                                    # the encoder's grads hold both paths
