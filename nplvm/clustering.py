@@ -50,6 +50,7 @@ import time
 
 import numpy as np
 
+from .disentanglement import discrete_mutual_info
 from .models.gmm import GaussianMixture
 from .models.gmvae import cluster_accuracy
 from .models.vae import kl_warmup
@@ -77,10 +78,8 @@ def cluster_metrics(labels, assignments, n_clusters=None):
     np.add.at(counts, (assignments, labels), 1)
     N = counts.sum()
     purity = counts.max(axis=1).sum() / N
-    p = counts / N                                          # joint p(c, y)
-    pc, py = p.sum(1), p.sum(0)
-    nz = p > 0
-    mi = float(np.sum(p[nz] * np.log(p[nz] / np.outer(pc, py)[nz])))
+    pc, py = counts.sum(1) / N, counts.sum(0) / N              # marginals p(c), p(y)
+    mi = discrete_mutual_info(assignments, labels)           # I(c; y) from the joint counts
     h = -np.sum(pc[pc > 0] * np.log(pc[pc > 0])) - np.sum(py[py > 0] * np.log(py[py > 0]))
     nmi = 2.0 * mi / h if h > 0 else 1.0
     return {"accuracy": float(acc), "purity": float(purity), "nmi": float(nmi)}
