@@ -231,7 +231,8 @@ def test_a_deliberate_change_is_allowed_by_name_and_recorded(run, tmp_path):
 # ---------------------------------------------------------------- Ctrl-C
 
 def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):
-    argv = [sys.executable, "-m", "nplvm", "train", "vae", *TINY, "--epochs", "500", "--out", "run"]
+    argv = [sys.executable, "-m", "nplvm", "train", "vae", *TINY, "--epochs", "100000", "--out", "run"]
+    # (so many epochs that the run cannot finish before the signal, even on a loaded machine)
     proc = subprocess.Popen(argv, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -251,9 +252,9 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):
     assert resume[:3] == ["python", "-m", "nplvm"]
     from nplvm.train import read_checkpoint
     done = read_checkpoint(tmp_path / "run" / "checkpoint.npz")[3]["epoch"]
-    assert f"epoch {done} of 500" in err
+    assert f"epoch {done} of 100000" in err
     # the printed command resumes (with fewer epochs, so that it ends at once)
-    again = cli(*[a if a != "500" else str(done) for a in resume[3:]], cwd=tmp_path)
+    again = cli(*[a if a != "100000" else str(done) for a in resume[3:]], cwd=tmp_path)
     assert again.returncode == 0 and "nothing to train" in again.stdout, again.stderr
 
 
